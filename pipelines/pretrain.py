@@ -1,0 +1,132 @@
+"""The main job: corpus → tokenizer → Ray Data → Ray Train → MLflow registry.
+
+    sslpipe pretrain [--config NAME_OR_PATH] [--set section.key=value ...]
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ssl_core.config import Config
+from ssl_core.text import CorpusError, resolve_corpus, sample_documents
+from ssl_core.tokenizer import train_wordpiece
+
+
+class InputError(ValueError):
+    """Bad input the user can fix; the CLI prints it on one line and exits 2."""
+
+
+@dataclass
+class PretrainResult:
+    model_uri: str          # models:/NAME/VERSION
+    model_dir: Path         # exported Hugging Face directory
+    run_id: str
+    metrics: dict
+
+
+def _log(msg: str) -> None:
+    print(f"[sslpipe] {msg}", flush=True)
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray (dashboard on 127.0.0.1)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    # Train workers + the tokenizer actors + Ray Data tasks must fit at once, or the pipeline
+    # waits forever on 2-core machines: give local Ray enough logical CPUs.
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.tokenize_actors + 1
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), dashboard_host="127.0.0.1",
+             include_dashboard=False, log_to_driver=True)
+
+
+def run_pretrain(cfg: Config, workdir: str | Path | None = None) -> PretrainResult:
+    from pipelines import registry
+
+    workdir = Path(workdir or os.getcwd()).resolve()
+    # 1. fail fast on everything the user can fix, before anything heavy starts
+    uri = registry.tracking_uri(workdir)
+    try:
+        registry.check_tracking(uri)
+    except registry.TrackingError as e:
+        raise InputError(str(e)) from None
+    try:
+        shards = resolve_corpus(cfg.data.corpus, cfg.data.text_field)
+    except CorpusError as e:
+        raise InputError(str(e)) from None
+
+    run_name = cfg.mlflow.run_name or dt.datetime.now().strftime("pretrain-%Y%m%d-%H%M%S")
+    out_root = Path(cfg.output_dir)
+    out_root = (out_root if out_root.is_absolute() else workdir / out_root) / run_name
+    out_root.mkdir(parents=True, exist_ok=True)
+
+    # 2. tokenizer: given, or trained on a sample of the corpus
+    t0 = time.perf_counter()
+    if cfg.tokenizer.path:
+        tok_dir = Path(cfg.tokenizer.path)
+        if not (tok_dir / "tokenizer.json").is_file():
+            raise InputError(f"tokenizer.path '{tok_dir}' has no tokenizer.json: give a Hugging Face "
+                             "tokenizer directory, or leave tokenizer.path empty to train one")
+    else:
+        try:
+            texts = sample_documents(shards, cfg.tokenizer.sample_documents, cfg.data.min_chars)
+        except CorpusError as e:
+            raise InputError(str(e)) from None
+        if not texts:
+            raise InputError(f"corpus '{cfg.data.corpus}' has no document of at least "
+                             f"{cfg.data.min_chars} characters: nothing to train on")
+        tok_dir = train_wordpiece(texts, out_root / "tokenizer", cfg.tokenizer.vocab_size,
+                                  cfg.tokenizer.lowercase, cfg.tokenizer.min_frequency,
+                                  model_max_length=cfg.data.max_seq_len)
+        _log(f"tokenizer: WordPiece, {cfg.tokenizer.vocab_size} pieces, trained on {len(texts)} "
+             f"documents in {time.perf_counter() - t0:.1f}s -> {tok_dir}")
+
+    # 3. Ray Data + Ray Train
+    import mlflow
+    ensure_ray(cfg)
+    from pipelines.data import build_datasets
+    from pipelines.train import fit
+
+    train_ds, val_ds = build_datasets(cfg, shards, str(tok_dir))
+    val_ds = val_ds.materialize()
+    if val_ds.count() == 0:
+        _log("warning: the validation split is empty (corpus too small for data.val_fraction)")
+
+    registry.setup_experiment(uri, cfg.mlflow.experiment, workdir)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(registry.flatten(cfg.to_dict()))
+        mlflow.log_dict(cfg.to_dict(), "config.json")
+        _log(f"MLflow run {run.info.run_id} in experiment '{cfg.mlflow.experiment}' at {uri}")
+        _log(f"training: {cfg.train.num_workers} workers x {cfg.train.batch_size} sequences of "
+             f"{cfg.data.max_seq_len} tokens, {cfg.train.max_steps} steps")
+        result = fit(cfg, train_ds, val_ds, str(tok_dir), str(out_root / "ray"), run_name, uri,
+                     run.info.run_id)
+        if result.error:
+            raise result.error
+        metrics = dict(result.metrics or {})
+        # 4. export the Hugging Face directory from the final checkpoint
+        model_dir = out_root / "model"
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        with result.checkpoint.as_directory() as d:
+            shutil.copytree(Path(d) / "model", model_dir)
+        (out_root / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and k not in ("step", "epoch")},
+                           step=cfg.train.max_steps)
+        # 5. MLflow model + registry
+        model_uri, _ = registry.log_and_register(model_dir, cfg.mlflow.registered_model)
+        mlflow.set_tag("sslpipe.model_dir", str(model_dir))
+    _log(f"registered model: {model_uri}")
+    _log(f"exported Hugging Face directory: {model_dir}")
+    return PretrainResult(model_uri, model_dir, run.info.run_id, metrics)

@@ -1,0 +1,266 @@
+"""Typed configuration: one frozen dataclass per component, loaded from YAML.
+
+Unknown keys are an error that names the key; ``--set section.key=value`` overrides are
+parsed as YAML scalars and type-checked against the field they set.
+
+    from ssl_core.config import load_config
+    cfg = load_config("tiny", ["train.max_steps=20"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the user can fix: an unknown key, a wrong type, a bad value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "builtin:python-docs"   # named source, or path / fsspec URI / glob (comma separated)
+    text_field: str = "text"              # .jsonl field / .parquet column holding the text
+    max_seq_len: int = 128                # tokens per packed training sequence, [CLS] and [SEP] included
+    min_chars: int = 20                   # documents shorter than this (after cleaning) are skipped
+    max_documents: int = 0                # 0 = all; otherwise stop after this many documents (quick runs)
+    val_fraction: float = 0.02            # share of documents held out (stable hash of the document id)
+    batch_rows: int = 256                 # documents per Ray Data tokenize/pack batch
+    tokenize_actors: int = 1              # size of the tokenizer actor pool
+
+    def validate(self) -> None:
+        _check(self.max_seq_len >= 8, "data.max_seq_len must be >= 8")
+        _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction must be in [0, 0.5)")
+        _check(self.batch_rows >= 1, "data.batch_rows must be >= 1")
+        _check(self.tokenize_actors >= 1, "data.tokenize_actors must be >= 1")
+        _check(self.max_documents >= 0, "data.max_documents must be >= 0")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    path: str = ""                # an existing HF tokenizer directory; empty = train one on the corpus
+    vocab_size: int = 8000
+    lowercase: bool = True
+    sample_documents: int = 20000  # documents sampled from the corpus to train the tokenizer
+    min_frequency: int = 2
+
+    def validate(self) -> None:
+        _check(self.vocab_size >= 200, "tokenizer.vocab_size must be >= 200")
+        _check(self.sample_documents >= 1, "tokenizer.sample_documents must be >= 1")
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    ratio: float = 0.15          # share of (non-special) tokens selected for prediction
+    mask_prob: float = 0.8       # of the selected: replaced by [MASK]
+    random_prob: float = 0.1     # of the selected: replaced by a random token (the rest stay as they are)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(0.0 < self.ratio < 1.0, "masking.ratio must be in (0, 1)")
+        _check(0.0 <= self.mask_prob <= 1.0, "masking.mask_prob must be in [0, 1]")
+        _check(0.0 <= self.random_prob <= 1.0, "masking.random_prob must be in [0, 1]")
+        _check(self.mask_prob + self.random_prob <= 1.0 + 1e-9,
+               "masking.mask_prob + masking.random_prob must be <= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        _check(self.hidden_size % self.num_heads == 0,
+               "model.hidden_size must be a multiple of model.num_heads")
+        _check(self.num_layers >= 1, "model.num_layers must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_workers: int = 2          # Ray Train workers (DDP)
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    batch_size: int = 32          # sequences per worker per step
+    max_steps: int = 300
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    log_every: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.num_workers >= 1, "train.num_workers must be >= 1")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker must be > 0")
+        _check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _check(self.max_steps >= 1, "train.max_steps must be >= 1")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.log_every >= 1, "train.log_every must be >= 1")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "sslpipe"
+    registered_model: str = "sslpipe-encoder"
+    run_name: str = ""            # empty = generated
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    output_dir: str = "outputs"   # exported models and run files go under here
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if hasattr(v, "validate"):
+                v.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+# ---------------------------------------------------------------- loading
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check ``value`` against ``typ``; ints are accepted for floats. Raises ConfigError."""
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(typ, value, where)
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        for t in typing.get_args(typ):
+            try:
+                return _coerce(value, t, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} is not a {typ}")
+    if typ is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, raw: dict[str, Any], prefix: str = ""):
+    types_ = _field_types(cls)
+    unknown = sorted(set(raw) - set(types_))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        valid = ", ".join(sorted(types_))
+        raise ConfigError(f"unknown config key '{key}' (valid keys{' in ' + prefix if prefix else ''}: {valid})")
+    kwargs = {}
+    for name, value in raw.items():
+        where = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, types_[name], where)
+    return cls(**kwargs)
+
+
+CONFIG_DIRS: list[Path] = []   # filled by pipelines with its shipped configs directory
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file '{name_or_path}' does not exist")
+        return p
+    for d in CONFIG_DIRS:
+        cand = d / f"{name_or_path}.yaml"
+        if cand.is_file():
+            return cand
+    shipped = sorted(c.stem for d in CONFIG_DIRS for c in d.glob("*.yaml"))
+    raise ConfigError(f"no config named '{name_or_path}' (shipped: {', '.join(shipped) or 'none'}; "
+                      "or pass a path to a .yaml file)")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set '{item}': expected section.key=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set '{item}': expected section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.split("."), value
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (a shipped name or a path), apply ``section.key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if name_or_path:
+        path = resolve_config_path(name_or_path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set '{item}': '{k}' is not a section")
+        node[keys[-1]] = value
+    return _build(Config, raw).validate()
+
+
+def config_reference() -> list[tuple[str, str, Any]]:
+    """(key, type, default) for every config key, for docs and --help."""
+    rows = []
+    for f in dataclasses.fields(Config):
+        t = _field_types(Config)[f.name]
+        if dataclasses.is_dataclass(t):
+            for sf in dataclasses.fields(t):
+                st = _field_types(t)[sf.name]
+                rows.append((f"{f.name}.{sf.name}", getattr(st, "__name__", str(st)), getattr(t(), sf.name)))
+        else:
+            rows.append((f.name, getattr(t, "__name__", str(t)), getattr(Config(), f.name)))
+    return rows

@@ -1,0 +1,290 @@
+"""Text cleaning and corpus reading: sources → files → documents, with every record counted.
+
+A corpus is a comma-separated list of sources. A source is a named built-in corpus
+(``builtin:python-docs``) or an fsspec path/URI/glob (local, ``file://``, ``s3://``, ``gs://``,
+``hf://``) of ``.txt`` (documents separated by blank lines), ``.jsonl`` (one JSON object per line,
+text in ``text_field``) or ``.parquet`` (text in column ``text_field``) files; a directory means
+the supported files under it.
+
+    from ssl_core.text import resolve_corpus, iter_documents
+    shards = resolve_corpus("../shared/data/wikitext2/wiki.valid.raw")
+    for doc in iter_documents(shards[0]): ...
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import json
+import re
+import sys
+import sysconfig
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+SUPPORTED = (".txt", ".jsonl", ".parquet")
+_TEXT_ALIASES = (".text", ".raw", ".md")   # read as .txt
+_COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be used as given (missing, empty, unsupported)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of reading work: a file (fsspec URL) or a group of built-in sources."""
+
+    kind: str          # "txt" | "jsonl" | "parquet" | "pydoc"
+    path: str          # URL, or for "pydoc" a '\n'-joined list of stdlib files ('topics' = pydoc_data)
+    text_field: str = "text"
+
+
+# ---------------------------------------------------------------- cleaning
+
+_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u3000]+")
+_NEWLINES = re.compile(r"\n\s*\n+")
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalize, drop control characters, collapse runs of spaces and blank lines."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _CTRL.sub("", text)
+    text = _SPACES.sub(" ", text)
+    text = _NEWLINES.sub("\n\n", text)
+    return "\n".join(line.strip() for line in text.split("\n")).strip()
+
+
+def doc_hash(doc_id: str) -> int:
+    """A stable 64-bit hash of a document id (same value on every machine and run)."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def is_validation(doc_id: str, val_fraction: float) -> bool:
+    """Stable train/validation split by the hash of the document id."""
+    return (doc_hash(doc_id) % 1_000_000) < val_fraction * 1_000_000
+
+
+# ---------------------------------------------------------------- resolving sources
+
+BUILTIN = {"python-docs": "docstrings of the Python standard library + pydoc topics (~2 MB, no download)"}
+
+
+def _stdlib_files() -> list[str]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo",
+            "ensurepip", "__pycache__", "tkinter"}
+    files = []
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).parts
+        if any(part in skip or part.startswith("test") for part in rel[:-1]):
+            continue
+        if rel[-1].startswith("test_"):
+            continue
+        files.append(str(p))
+    return files
+
+
+def _builtin_shards(name: str, n_groups: int = 16) -> list[Shard]:
+    if name != "python-docs":
+        raise CorpusError(f"unknown built-in corpus 'builtin:{name}' (available: "
+                          + ", ".join(f"builtin:{k}" for k in BUILTIN) + ")")
+    files = _stdlib_files()
+    groups = [files[i::n_groups] for i in range(n_groups)]
+    return [Shard("pydoc", "topics")] + [Shard("pydoc", "\n".join(g)) for g in groups if g]
+
+
+def _kind_of(path: str) -> str | None:
+    name = path.rsplit("/", 1)[-1].lower()
+    for ext in _COMPRESSED:
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    for ext in SUPPORTED:
+        if name.endswith(ext):
+            return ext[1:]
+    if name.endswith(_TEXT_ALIASES):
+        return "txt"
+    return None
+
+
+def resolve_corpus(corpus: str, text_field: str = "text") -> list[Shard]:
+    """Expand a corpus spec into shards. Raises CorpusError naming the source and the fix."""
+    import fsspec
+
+    sources = [s.strip() for s in corpus.split(",") if s.strip()]
+    if not sources:
+        raise CorpusError("data.corpus is empty: give a path, a URI or builtin:python-docs")
+    shards: list[Shard] = []
+    for src in sources:
+        if src.startswith("builtin:"):
+            shards += _builtin_shards(src.split(":", 1)[1])
+            continue
+        try:
+            fs, _, paths = fsspec.get_fs_token_paths(src)
+        except ImportError as e:
+            raise CorpusError(f"corpus '{src}': the filesystem for this URI is not installed ({e})") from None
+        except Exception as e:  # bad URI, missing credentials, unreachable endpoint
+            raise CorpusError(f"corpus '{src}': cannot open ({type(e).__name__}: {e})") from None
+        files: list[str] = []
+        try:
+            for p in paths:
+                if fs.isdir(p):
+                    files += [f for f in sorted(fs.find(p)) if _kind_of(f)]
+                elif fs.exists(p):
+                    files.append(p)
+        except Exception as e:
+            raise CorpusError(f"corpus '{src}': cannot list ({type(e).__name__}: {e})") from None
+        if not files:
+            what = "matches no file" if any(c in src for c in "*?[") else "does not exist"
+            raise CorpusError(f"corpus '{src}' {what}: check the path (set data.corpus=PATH_OR_URI)")
+        for f in files:
+            kind = _kind_of(f)
+            if kind is None:
+                raise CorpusError(f"corpus file '{f}' has an unsupported extension "
+                                  f"(supported: {', '.join(SUPPORTED)}, optionally compressed)")
+            url = fs.unstrip_protocol(f) if fs.protocol not in ("file", ("file", "local")) else f
+            shards.append(Shard(kind, url, text_field))
+    return shards
+
+
+# ---------------------------------------------------------------- reading documents
+
+def _docstrings(path: str) -> Iterator[tuple[str, str]]:
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                name = getattr(node, "name", "<module>")
+                yield f"{path}:{getattr(node, 'lineno', 0)}:{name}", doc
+
+
+def _pydoc_topics() -> Iterator[tuple[str, str]]:
+    from pydoc_data.topics import topics
+    for key in sorted(topics):
+        yield f"pydoc_data.topics:{key}", inspect.cleandoc(topics[key])
+
+
+def _open_text(url: str):
+    import fsspec
+    return fsspec.open(url, "rb", compression="infer")
+
+
+def _txt_documents(url: str, counts: Counter) -> Iterator[tuple[str, str]]:
+    """Blank-line separated documents, read line by line (never the whole file at once)."""
+    buf: list[str] = []
+    start = 0
+    with _open_text(url) as fb:
+        for lineno, raw in enumerate(fb):
+            line = raw.decode("utf-8", errors="replace")
+            if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
+                counts["invalid_utf8_lines"] += 1
+            if line.strip():
+                if not buf:
+                    start = lineno + 1
+                buf.append(line)
+            elif buf:
+                yield f"{url}:{start}", "".join(buf)
+                buf = []
+        if buf:
+            yield f"{url}:{start}", "".join(buf)
+
+
+def _jsonl_documents(url: str, field: str, counts: Counter) -> Iterator[tuple[str, str]]:
+    with _open_text(url) as fb:
+        for lineno, raw in enumerate(fb, 1):
+            if not raw.strip():
+                continue
+            counts["records_read"] += 1
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                counts["skipped:malformed_json"] += 1
+                continue
+            text = obj.get(field) if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                counts[f"skipped:{field}_missing_or_not_text"] += 1
+                continue
+            yield f"{url}:{lineno}", text
+
+
+def _parquet_documents(url: str, field: str, counts: Counter) -> Iterator[tuple[str, str]]:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as f:
+        pf = pq.ParquetFile(f)
+        if field not in pf.schema_arrow.names:
+            raise CorpusError(f"parquet file '{url}' has no column '{field}' (columns: "
+                              f"{', '.join(pf.schema_arrow.names)}); set data.text_field=COLUMN")
+        row = 0
+        for batch in pf.iter_batches(columns=[field], batch_size=4096):
+            for text in batch.column(0).to_pylist():
+                counts["records_read"] += 1
+                if isinstance(text, str):
+                    yield f"{url}:{row}", text
+                else:
+                    counts[f"skipped:{field}_missing_or_not_text"] += 1
+                row += 1
+
+
+def iter_documents(shard: Shard, counts: Counter | None = None,
+                   min_chars: int = 1) -> Iterator[dict]:
+    """Yield ``{"id", "text"}`` for each usable document of a shard, cleaned.
+
+    ``counts`` (optional) receives ``records_read``, ``documents`` and ``skipped:<reason>`` counts,
+    so that records_read == documents + sum(skipped:*)."""
+    counts = counts if counts is not None else Counter()
+    if shard.kind == "pydoc":
+        raw = _pydoc_topics() if shard.path == "topics" else (
+            d for p in shard.path.split("\n") for d in _docstrings(p))
+    elif shard.kind == "txt":
+        raw = _txt_documents(shard.path, counts)
+    elif shard.kind == "jsonl":
+        raw = _jsonl_documents(shard.path, shard.text_field, counts)
+    elif shard.kind == "parquet":
+        raw = _parquet_documents(shard.path, shard.text_field, counts)
+    else:
+        raise CorpusError(f"unknown shard kind {shard.kind!r}")
+    counted_by_reader = shard.kind in ("jsonl", "parquet")
+    for doc_id, text in raw:
+        if not counted_by_reader:
+            counts["records_read"] += 1
+        text = clean_text(text)
+        if len(text) < min_chars:
+            counts["skipped:too_short"] += 1
+            continue
+        counts["documents"] += 1
+        yield {"id": doc_id, "text": text}
+
+
+def sample_documents(shards: list[Shard], n: int, min_chars: int = 1) -> list[str]:
+    """Up to ``n`` document texts, taken round-robin over shards (for tokenizer training)."""
+    iters = [iter_documents(s, min_chars=min_chars) for s in shards]
+    out: list[str] = []
+    while iters and len(out) < n:
+        alive = []
+        for it in iters:
+            doc = next(it, None)
+            if doc is not None:
+                out.append(doc["text"])
+                alive.append(it)
+                if len(out) >= n:
+                    break
+        iters = alive
+    return out
+
+
+if __name__ == "__main__":  # python -m ssl_core.text CORPUS: count documents
+    c: Counter = Counter()
+    for s in resolve_corpus(sys.argv[1] if len(sys.argv) > 1 else "builtin:python-docs"):
+        for _ in iter_documents(s, c):
+            pass
+    print(dict(c))
