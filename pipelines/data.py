@@ -71,6 +71,14 @@ def make_masker(cfg: Config, tokenizer_dir: str) -> MlmMasker:
                      mask_prob=cfg.masking.mask_prob, random_prob=cfg.masking.random_prob)
 
 
+def quiet_data_context() -> None:
+    """Progress is ours to print (steps, loss, tok/s); Ray Data's bars would flood a log file."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
 def documents(cfg: Config, shards: list[Shard]) -> "ray.data.Dataset":
     items = [dataclasses.asdict(s) for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
@@ -85,6 +93,7 @@ def documents(cfg: Config, shards: list[Shard]) -> "ray.data.Dataset":
 def build_datasets(cfg: Config, shards: list[Shard], tokenizer_dir: str):
     """(train, val): train rows are masked {input_ids, labels, num_tokens}; val rows are unmasked
     {input_ids, num_tokens} (evaluation masks them at a fixed 15% with a fixed seed)."""
+    quiet_data_context()
     docs = documents(cfg, shards)
     tok_kw = dict(fn_constructor_kwargs=dict(tokenizer_dir=str(tokenizer_dir),
                                              max_seq_len=cfg.data.max_seq_len),

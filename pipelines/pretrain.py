@@ -46,8 +46,9 @@ def ensure_ray(cfg: Config) -> None:
     # Train workers + the tokenizer actors + Ray Data tasks must fit at once, or the pipeline
     # waits forever on 2-core machines: give local Ray enough logical CPUs.
     need = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.tokenize_actors + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), dashboard_host="127.0.0.1",
-             include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+             dashboard_host="127.0.0.1",
+             include_dashboard=True, log_to_driver=True)
 
 
 def run_pretrain(cfg: Config, workdir: str | Path | None = None) -> PretrainResult:
@@ -121,9 +122,6 @@ def run_pretrain(cfg: Config, workdir: str | Path | None = None) -> PretrainResu
         with result.checkpoint.as_directory() as d:
             shutil.copytree(Path(d) / "model", model_dir)
         (out_root / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and k not in ("step", "epoch")},
-                           step=cfg.train.max_steps)
         # 5. MLflow model + registry
         model_uri, _ = registry.log_and_register(model_dir, cfg.mlflow.registered_model)
         mlflow.set_tag("sslpipe.model_dir", str(model_dir))

@@ -9,8 +9,9 @@ are dropped at the end of an epoch, so no rank waits on a collective the others 
 """
 from __future__ import annotations
 
+import logging
 import math
-import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,13 @@ from ssl_core.config import Config, _build
 from ssl_core.masking import MlmMasker
 from ssl_core.model import MlmModule, build_mlm_model, evaluate_mlm, save_hf, unwrap
 from ssl_core.tokenizer import load_fast, special_ids
+
+
+def say(msg: str) -> None:
+    """One progress line on the worker's stdout (Ray forwards it to the driver once)."""
+    out = sys.__stdout__ or sys.stdout
+    out.write(f"[sslpipe] {msg}\n")
+    out.flush()
 
 
 class _Reporter:
@@ -36,7 +44,7 @@ class _Reporter:
                 from mlflow.tracking import MlflowClient
                 self.client = MlflowClient(tracking_uri=mlflow_uri)
             except Exception as e:  # pragma: no cover - mlflow missing on a bare GPU box
-                print(f"[sslpipe] MLflow logging from the worker disabled: {e}")
+                say(f"MLflow logging from the worker disabled: {e}")
 
     def log(self, metrics: dict, step: int) -> None:
         if self.client is None:
@@ -48,7 +56,7 @@ class _Reporter:
                 Metric(k, float(v), ts, step) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and math.isfinite(float(v))])
         except Exception as e:
-            print(f"[sslpipe] could not log metrics to MLflow at step {step}: {e}")
+            say(f"could not log metrics to MLflow at step {step}: {e}")
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -87,6 +95,7 @@ def train_func(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)   # no per-report INFO lines
     cfg: Config = _build(Config, config["cfg"])
     tc = cfg.train
     ctx = ray.train.get_context()
@@ -111,7 +120,7 @@ def train_func(config: dict) -> None:
         val_rows = [b["input_ids"] for b in val_shard.iter_batches(batch_size=256, batch_format="numpy")]
         before = evaluate_mlm(model, val_rows, masker, sp["pad"])
         rep.log({f"{k}_initial": v for k, v in before.items()}, 0)
-        print(f"[sslpipe] eval before training: mlm_loss {before['eval_mlm_loss']:.3f} "
+        say(f"eval before training: mlm_loss {before['eval_mlm_loss']:.3f} "
               f"mlm_acc {before['eval_mlm_accuracy']:.3f} over {before['eval_tokens']} masked tokens")
 
     shard = ray.train.get_dataset_shard("train")
@@ -124,8 +133,8 @@ def train_func(config: dict) -> None:
         t_wait = time.perf_counter()
         epoch, batch = next(batches)
         waited = time.perf_counter() - t_wait
-        x = torch.from_numpy(batch["input_ids"]).to(device, dtype=torch.long, non_blocking=True)
-        y = torch.from_numpy(batch["labels"]).to(device, dtype=torch.long, non_blocking=True)
+        x = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(device, non_blocking=True)  # (B, T)
+        y = torch.from_numpy(batch["labels"].astype(np.int64)).to(device, non_blocking=True)     # (B, T)
         attn = (x != sp["pad"]).long()
         loss, m = model(x, attn, y)
         opt.zero_grad(set_to_none=True)
@@ -135,7 +144,7 @@ def train_func(config: dict) -> None:
         opt.step()
         sched.step()
         n = float(m["mlm_count"])
-        win += torch.tensor([float(loss) * n, float(m["mlm_correct"]), n,
+        win += torch.tensor([loss.item() * n, float(m["mlm_correct"]), n,
                              float(batch["num_tokens"].sum()), waited], dtype=torch.float64)
 
         if step % tc.log_every == 0 or step == tc.max_steps:
@@ -149,24 +158,24 @@ def train_func(config: dict) -> None:
                 "data_wait_frac": g[4].item() / world / dt,
                 "lr": sched.get_last_lr()[0],
             }
+            win.zero_()
+            t_win = time.perf_counter()
             if rank == 0:
                 elapsed = time.perf_counter() - t0
-                print(f"[sslpipe] step {step}/{tc.max_steps} | loss {metrics['loss']:.4f} | "
+                say(f"step {step}/{tc.max_steps} | loss {metrics['loss']:.4f} | "
                       f"mlm_acc {metrics['mlm_accuracy']:.3f} | {metrics['tokens_per_s']:,.0f} tok/s | "
-                      f"lr {metrics['lr']:.2e} | {elapsed:.0f}s", flush=True)
+                    f"lr {metrics['lr']:.2e} | {elapsed:.0f}s")
                 rep.log({k: v for k, v in metrics.items() if k != "step"}, step)
             if step < tc.max_steps:
                 ray.train.report(metrics)
-            win.zero_()
-            t_win = time.perf_counter()
 
     final = dict(metrics)
     if rank == 0:
         after = evaluate_mlm(model, val_rows, masker, sp["pad"])
         final.update(after)
         rep.log(after, tc.max_steps)
-        print(f"[sslpipe] eval after training: mlm_loss {after['eval_mlm_loss']:.3f} "
-              f"mlm_acc {after['eval_mlm_accuracy']:.3f}", flush=True)
+        say(f"eval after training: mlm_loss {after['eval_mlm_loss']:.3f} "
+            f"mlm_acc {after['eval_mlm_accuracy']:.3f}")
         with tempfile.TemporaryDirectory() as d:
             save_hf(unwrap(model), config["tokenizer_dir"], Path(d) / "model")
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -89,11 +89,11 @@ class TrainConfig:
     num_workers: int = 2          # Ray Train workers (DDP)
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
-    batch_size: int = 32          # sequences per worker per step
-    max_steps: int = 300
-    lr: float = 5e-4
+    batch_size: int = 16          # sequences per worker per step
+    max_steps: int = 200
+    lr: float = 7e-4
     weight_decay: float = 0.01
-    warmup_steps: int = 30
+    warmup_steps: int = 20
     grad_clip: float = 1.0
     log_every: int = 10
     seed: int = 0

@@ -1,0 +1,121 @@
+"""Shared fixtures: real text from ../shared/data, one local Ray per session, a real MLflow server.
+
+All state that Ray, MLflow and Hugging Face would write under $HOME, /tmp/ray or ./mlruns goes to
+temporary directories of this test session, and every process a fixture starts is stopped.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SSLPIPE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Point every tool's state at this session's own directory, before anything imports them.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="sslpipe-tests-"))
+os.environ["HOME"] = str(_SESSION_TMP / "home")
+os.makedirs(os.environ["HOME"], exist_ok=True)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("RAY_ADDRESS", None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    return _SESSION_TMP
+
+
+def shared(*parts: str) -> Path:
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data {p} is missing (expected ../shared/data beside the checkout)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def wikitext() -> Path:
+    return shared("wikitext2", "wiki.valid.raw")
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> Path:
+    return shared("tinyshakespeare", "input.txt")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session(session_tmp):
+    """One real local Ray for the whole session (4 logical CPUs on a 2-core machine)."""
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))   # short: Ray's socket paths are limited
+    ray.init(num_cpus=4, address="local", _temp_dir=str(tmp), include_dashboard=True,
+             dashboard_host="127.0.0.1", object_store_memory=1 << 30, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(session_tmp):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite registry; yields its URI."""
+    d = session_tmp / "mlflow-server"
+    d.mkdir()
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(d / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
+         "--artifacts-destination", str(d / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=d, start_new_session=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+            raise RuntimeError("mlflow server did not start:\n" + (d / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
+    """Run the installed `sslpipe` console script; returns CompletedProcess (text)."""
+    exe = Path(sys.executable).parent / "sslpipe"
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([str(exe), *args], cwd=cwd, env=e, capture_output=True, text=True,
+                          timeout=timeout)

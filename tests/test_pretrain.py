@@ -1,0 +1,93 @@
+"""The whole pretrain path on real parts: local Ray (2 DDP workers), real text, real MLflow.
+
+1. `sslpipe pretrain` as a user runs it (its own local Ray), logging to a real `mlflow server`.
+2. `run_pretrain` in-process on the session's Ray with the default local SQLite store.
+Both check that the exported directory loads with plain transformers and that the registered
+model loads back from the registry, and that training lowered the held-out MLM loss.
+"""
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def check_hf_dir(model_dir: Path):
+    assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
+    assert (model_dir / "model.safetensors").is_file()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    enc = tok(f"the {tok.mask_token} of the", return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits
+    pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0]
+    top = logits[0, pos].topk(5).indices.tolist()
+    assert len(set(top)) == 5 and logits.shape[-1] == len(tok)
+    assert all(isinstance(tok.decode([t]), str) for t in top)
+
+
+def check_registry(client: MlflowClient, name: str, version: str, run_id: str):
+    mv = client.get_model_version(name, version)
+    assert mv.run_id == run_id and mv.status == "READY"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    hist = [m.value for m in client.get_metric_history(run_id, "loss")]
+    assert len(hist) >= 4
+    assert np.mean(hist[-2:]) < np.mean(hist[:2])                  # training loss went down
+    m = run.data.metrics
+    assert m["eval_mlm_loss"] < m["eval_mlm_loss_initial"]          # held-out MLM loss went down
+    assert 0 <= m["eval_mlm_accuracy"] <= 1 and m["tokens_per_s"] > 0
+    assert run.data.params["masking.ratio"] == "0.15"
+    pipe = mlflow.transformers.load_model(f"models:/{name}/{version}")
+    out = pipe(f"the {pipe.tokenizer.mask_token} of the")
+    assert len(out) >= 1 and {"token_str", "score"} <= set(out[0])
+
+
+def test_cli_pretrain_to_mlflow_server(tmp_path, mlflow_server, wikitext):
+    res = run_cli("pretrain", "--config", "tiny", "--set", f"data.corpus={wikitext}",
+                  "--set", "mlflow.registered_model=cli-tiny", cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": mlflow_server}, timeout=900)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    lines = res.stdout.strip().splitlines()
+    uri, model_dir = lines[-2], Path(lines[-1])
+    assert uri.startswith("models:/cli-tiny/")
+    assert model_dir.is_absolute() and model_dir.is_dir()
+    assert "step 40/40" in res.stdout + res.stderr                 # progress was shown
+    check_hf_dir(model_dir)
+    mlflow.set_tracking_uri(mlflow_server)
+    client = MlflowClient(mlflow_server)
+    version = uri.rsplit("/", 1)[1]
+    run_id = client.get_model_version("cli-tiny", version).run_id
+    check_registry(client, "cli-tiny", version, run_id)
+    assert not (tmp_path / "mlflow.db").exists()                   # the server got it, not a local db
+
+
+def test_run_pretrain_local_store(tmp_path, ray_session, shakespeare, monkeypatch):
+    from pipelines.cli import CONFIG_DIR  # noqa: F401  (shipped configs)
+    from pipelines.pretrain import run_pretrain
+    from ssl_core.config import load_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config("tiny", [f"data.corpus={shakespeare}", "train.max_steps=30",
+                               "mlflow.registered_model=local-tiny"])
+    res = run_pretrain(cfg, workdir=tmp_path)
+    assert (tmp_path / "mlflow.db").is_file()
+    assert res.model_uri == "models:/local-tiny/1"
+    assert res.model_dir.parent.parent == tmp_path / "outputs"
+    check_hf_dir(res.model_dir)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    check_registry(MlflowClient(uri), "local-tiny", "1", res.run_id)
+    assert res.metrics["step"] == 30
+    # a second run registers version 2 of the same model
+    res2 = run_pretrain(load_config("tiny", [f"data.corpus={shakespeare}", "train.max_steps=10",
+                                             "mlflow.registered_model=local-tiny"]), workdir=tmp_path)
+    assert res2.model_uri == "models:/local-tiny/2"
