@@ -1,6 +1,7 @@
 """``sslpipe``: the command line.
 
     sslpipe pretrain [--config NAME_OR_PATH] [--set section.key=value ...]
+    sslpipe data stats|preview [--config ...] [--set ...]  # the data stage alone
     sslpipe config [--config NAME_OR_PATH] [--set ...]     # print the resolved config
 
 Usage and input errors print one line and exit with code 2.
@@ -46,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     common(pre)
     cfg = sub.add_parser("config", help="print the resolved config as JSON")
     common(cfg)
+    data = sub.add_parser("data", help="inspect the Ray Data stage without training",
+                          description="Run the data stage (read, clean, split, tokenize, build "
+                                      "examples) on a local Ray or RAY_ADDRESS.")
+    dsub = data.add_subparsers(dest="data_cmd", metavar="ACTION")
+    dsub.required = True
+    st = dsub.add_parser("stats", help="one pass over the corpus; print the data report "
+                                       "(records read = used + skipped, per-objective examples)")
+    common(st)
+    pv = dsub.add_parser("preview", help="print a few decoded examples of each enabled objective")
+    common(pv)
+    pv.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
     return p
 
 
@@ -58,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cmd == "config":
         print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    if args.cmd == "data":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from pipelines.datacmd import run_preview, run_stats
+        from pipelines.pretrain import InputError
+        try:
+            print(run_stats(cfg) if args.data_cmd == "stats" else run_preview(cfg, args.n), flush=True)
+        except InputError as e:
+            print(f"sslpipe: error: {e}", file=sys.stderr)
+            return 2
         return 0
     if args.cmd == "pretrain":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,8 +1,18 @@
-"""Ray Data stage: corpus → documents → tokenize + pack (actor pool) → MLM masking.
+"""Ray Data stage: corpus → documents → sentences → tokens → examples for every enabled objective.
 
-Thin Ray glue around ``ssl_core``: every transformation is a ssl_core function on a numpy batch.
+Thin Ray glue around ``ssl_core``:
 
-    ds_train, ds_val = build_datasets(cfg, shards, tokenizer_dir)
+    read (one task per shard and epoch; documents streamed in batches, every record counted)
+      → examples (actor pool: one tokenizer + ExampleBuilder per actor; NSP pairs, contrastive
+        views, packing, word starts)
+      → train rows; validation rows are also MLM-masked here, at the fixed eval ratio and seed.
+
+The training stream is one pass over ``data.max_epochs`` epochs laid end to end, each row tagged
+with its epoch: NSP partners, views and (in the worker) MLM masks are redrawn every epoch, and
+workers never wait on an epoch barrier. Counts go to a small stats actor; ``report()`` renders
+them (read = used + skipped).
+
+    train_ds, val_ds, stats = build_datasets(cfg, shards, tokenizer_dir)
 """
 from __future__ import annotations
 
@@ -13,62 +23,81 @@ import numpy as np
 import ray
 
 from ssl_core.config import Config
-from ssl_core.masking import MlmMasker
-from ssl_core.packing import pack_documents
-from ssl_core.text import Shard, iter_documents, is_validation
-from ssl_core.tokenizer import load_fast, special_ids
+from ssl_core.examples import ExampleBuilder
+from ssl_core.model import EVAL_RATIO, EVAL_SEED
+from ssl_core.text import Shard, is_validation, iter_documents
 
 
-def _read_shards(batch: dict, *, batch_rows: int, min_chars: int, val_fraction: float):
-    """Generator UDF: one input row per shard → streamed batches of documents."""
-    for kind, path, field in zip(batch["kind"], batch["path"], batch["text_field"]):
+@ray.remote(num_cpus=0)
+class Stats:
+    """Sums the counters that read tasks and example actors send."""
+
+    def __init__(self):
+        self.c: Counter = Counter()
+
+    def add(self, counts: dict) -> None:
+        self.c.update({k: v for k, v in counts.items() if v})
+
+    def get(self) -> dict:
+        return dict(self.c)
+
+
+def _read(batch: dict, *, cfg: Config, per_shard_limit: int, stats) -> "iter":
+    """Generator UDF: each input row is (shard, epoch) → batches of documents."""
+    d = cfg.data
+    for kind, path, field, epoch in zip(batch["kind"], batch["path"], batch["text_field"], batch["epoch"]):
         shard = Shard(str(kind), str(path), str(field))
+        c: Counter = Counter()
         ids, texts, val = [], [], []
-        for doc in iter_documents(shard, Counter(), min_chars=min_chars):
+        n = 0
+        for doc in iter_documents(shard, c, min_chars=d.min_chars, max_doc_chars=d.max_doc_chars):
             ids.append(doc["id"])
             texts.append(doc["text"])
-            val.append(is_validation(doc["id"], val_fraction))
-            if len(ids) >= batch_rows:
-                yield {"id": np.array(ids, dtype=object), "text": np.array(texts, dtype=object),
-                       "val": np.array(val)}
+            val.append(is_validation(doc["id"], d.val_fraction))
+            n += 1
+            if len(ids) >= d.batch_rows:
+                yield _docs(ids, texts, val, epoch)
                 ids, texts, val = [], [], []
+            if per_shard_limit and n >= per_shard_limit:
+                c["stopped_at_max_documents"] += 1
+                break
         if ids:
-            yield {"id": np.array(ids, dtype=object), "text": np.array(texts, dtype=object),
-                   "val": np.array(val)}
+            yield _docs(ids, texts, val, epoch)
+        if int(epoch) == 0 and stats is not None:       # the corpus is counted once, not per epoch
+            stats.add.remote(c)
 
 
-class TokenizePack:
-    """Actor: one fast tokenizer per actor; documents → packed (N, T) int32 sequences."""
+def _docs(ids, texts, val, epoch) -> dict:
+    return {"id": np.array(ids, dtype=object), "text": np.array(texts, dtype=object),
+            "val": np.array(val, dtype=bool), "epoch": np.full(len(ids), int(epoch), np.int32)}
 
-    def __init__(self, tokenizer_dir: str, max_seq_len: int):
-        self.tok = load_fast(tokenizer_dir)
-        self.sp = special_ids(self.tok)
-        self.max_seq_len = max_seq_len
+
+class BuildExamples:
+    """Actor: one tokenizer and example builder per actor (NSP keeps its partner buffer here)."""
+
+    def __init__(self, cfg: Config, tokenizer_dir: str, split: str, stats=None):
+        self.b = ExampleBuilder(cfg, tokenizer_dir)
+        self.split = split
+        self.stats = stats
+        self.eval_masker = self.b.masker(ratio=EVAL_RATIO, strategy="token")
 
     def __call__(self, batch: dict) -> dict:
-        enc = self.tok.encode_batch_fast(list(batch["text"]), add_special_tokens=False)
-        docs = [np.asarray(e.ids, dtype=np.int32) for e in enc]
-        ids, n_real = pack_documents(docs, self.max_seq_len, cls_id=self.sp["cls"],
-                                     sep_id=self.sp["sep"], pad_id=self.sp["pad"])
-        return {"input_ids": ids, "num_tokens": n_real}
-
-
-def _split(batch: dict, *, val: bool) -> dict:
-    keep = batch["val"] == val
-    return {"id": batch["id"][keep], "text": batch["text"][keep]}
-
-
-def _mask(batch: dict, *, masker: MlmMasker, seed: int, epoch: int) -> dict:
-    masked, labels = masker.keyed(batch["input_ids"], seed=seed, epoch=epoch)
-    return {"input_ids": masked, "labels": labels, "num_tokens": batch["num_tokens"]}
-
-
-def make_masker(cfg: Config, tokenizer_dir: str) -> MlmMasker:
-    tok = load_fast(tokenizer_dir)
-    sp = special_ids(tok)
-    return MlmMasker(vocab_size=tok.get_vocab_size(), mask_id=sp["mask"],
-                     special_ids=tuple(sorted(set(sp.values()))), ratio=cfg.masking.ratio,
-                     mask_prob=cfg.masking.mask_prob, random_prob=cfg.masking.random_prob)
+        """Documents of one or more epochs (blocks may be coalesced) → rows, built per epoch."""
+        parts = []
+        keep = batch["val"] == (self.split == "val")
+        epochs = batch["epoch"]
+        for epoch in (np.unique(epochs[keep]) if keep.any() else np.array([0])):
+            sel = keep & (epochs == epoch)
+            ids = [str(x) for x in batch["id"][sel]]
+            texts = [str(x) for x in batch["text"][sel]]
+            rows, c = self.b.build(ids, texts, int(epoch))
+            if self.split == "val":
+                rows["input_ids"], rows["labels"] = self.eval_masker.keyed(
+                    rows["input_ids"], seed=EVAL_SEED, epoch=0)
+            if self.stats is not None and int(epoch) == 0:
+                self.stats.add.remote({f"{self.split}_{k}": v for k, v in c.items()})
+            parts.append(rows)
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def quiet_data_context() -> None:
@@ -79,29 +108,69 @@ def quiet_data_context() -> None:
     ctx.print_on_execution_start = False
 
 
-def documents(cfg: Config, shards: list[Shard]) -> "ray.data.Dataset":
-    items = [dataclasses.asdict(s) for s in shards]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(_read_shards, batch_size=1, fn_kwargs=dict(
-        batch_rows=cfg.data.batch_rows, min_chars=cfg.data.min_chars,
-        val_fraction=cfg.data.val_fraction))
-    if cfg.data.max_documents:
-        ds = ds.limit(cfg.data.max_documents)
-    return ds
+def documents(cfg: Config, shards: list[Shard], epochs: int, stats=None) -> "ray.data.Dataset":
+    items = [dict(dataclasses.asdict(s), epoch=e) for e in range(epochs) for s in shards]
+    limit = -(-cfg.data.max_documents // len(shards)) if cfg.data.max_documents else 0
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
+    return ds.map_batches(_read, batch_size=1,
+                          fn_kwargs=dict(cfg=cfg, per_shard_limit=limit, stats=stats))
 
 
-def build_datasets(cfg: Config, shards: list[Shard], tokenizer_dir: str):
-    """(train, val): train rows are masked {input_ids, labels, num_tokens}; val rows are unmasked
-    {input_ids, num_tokens} (evaluation masks them at a fixed 15% with a fixed seed)."""
+def examples(cfg: Config, shards: list[Shard], tokenizer_dir: str, split: str, epochs: int,
+             stats=None) -> "ray.data.Dataset":
+    return documents(cfg, shards, epochs, stats if split == "train" else None).map_batches(
+        BuildExamples, batch_size=None,
+        fn_constructor_kwargs=dict(cfg=cfg, tokenizer_dir=str(tokenizer_dir), split=split, stats=stats),
+        compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenize_actors))
+
+
+def build_datasets(cfg: Config, shards: list[Shard], tokenizer_dir: str, epochs: int | None = None):
+    """(train, val, stats actor). Train rows: input_ids, word_start, num_tokens, epoch (+
+    token_type_ids, nsp_label with NSP; view_a, view_b with contrastive). Val rows: the same for
+    epoch 0 with input_ids masked at 15% (fixed seed) and labels."""
     quiet_data_context()
-    docs = documents(cfg, shards)
-    tok_kw = dict(fn_constructor_kwargs=dict(tokenizer_dir=str(tokenizer_dir),
-                                             max_seq_len=cfg.data.max_seq_len),
-                  batch_size=cfg.data.batch_rows,
-                  compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenize_actors))
-    train = (docs.map_batches(_split, fn_kwargs={"val": False})
-             .map_batches(TokenizePack, **tok_kw)
-             .map_batches(_mask, fn_kwargs=dict(masker=make_masker(cfg, tokenizer_dir),
-                                                seed=cfg.masking.seed, epoch=0)))
-    val = docs.map_batches(_split, fn_kwargs={"val": True}).map_batches(TokenizePack, **tok_kw)
-    return train, val
+    stats = Stats.remote()
+    train = examples(cfg, shards, tokenizer_dir, "train", epochs or cfg.data.max_epochs, stats)
+    val = examples(cfg, shards, tokenizer_dir, "val", 1, stats)
+    return train, val, stats
+
+
+# ---------------------------------------------------------------- the report
+
+def report(c: dict, max_seq_len: int) -> str:
+    """The data report: every record accounted for (read = used + skipped), per-kind skips."""
+    skipped = {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("skipped:")}
+    files_skipped = {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("files_skipped:")}
+    read, used = c.get("records_read", 0), c.get("records_used", 0)
+    tr = {k[len("train_"):]: v for k, v in c.items() if k.startswith("train_")}
+    va = {k[len("val_"):]: v for k, v in c.items() if k.startswith("val_")}
+    lines = [
+        "data report",
+        f"  files       {c.get('files', 0):,} read, {sum(files_skipped.values()):,} skipped"
+        + "".join(f"; {k} {v:,}" for k, v in sorted(files_skipped.items()))
+        + (f"; {c['files_without_documents']:,} without any document" if c.get("files_without_documents") else ""),
+        f"  records     {read:,} read = {used:,} used + {sum(skipped.values()):,} skipped"
+        + ("  (OK)" if read == used + sum(skipped.values()) else "  (MISMATCH)"),
+    ]
+    for k, v in sorted(skipped.items()):
+        lines.append(f"    skipped   {k}: {v:,}")
+    lines.append(f"  documents   {c.get('documents', 0):,} (train {tr.get('documents', 0):,}, "
+                 f"validation {va.get('documents', 0):,}); long documents split: "
+                 f"{c.get('long_documents_split', 0):,}; lines with invalid UTF-8 replaced: "
+                 f"{c.get('invalid_utf8_lines', 0):,}")
+    for name, part in (("train", tr), ("validation", va)):
+        if not part:
+            continue
+        ex = ", ".join(f"{k[len('examples_'):]} {v:,}" for k, v in sorted(part.items()) if k.startswith("examples_"))
+        eff = part.get("real_tokens", 0) / max(1, part.get("slots", 0))
+        nsp = ""
+        if part.get("nsp_is_next") or part.get("nsp_not_next"):
+            tot = part.get("nsp_is_next", 0) + part.get("nsp_not_next", 0)
+            nsp = f"; NSP NotNext share {part.get('nsp_not_next', 0) / max(1, tot):.3f}"
+            if part.get("nsp_unlabeled"):
+                nsp += (f", {part['nsp_unlabeled']:,} one-sentence chunks unlabeled (MLM/contrastive "
+                        "only; IsNext is never invented)")
+        lines.append(f"  {name:<11} sentences {part.get('sentences', 0):,}, tokens {part.get('tokens', 0):,}, "
+                     f"rows {part.get('rows', 0):,}; examples: {ex or 'none'}{nsp}")
+        lines.append(f"  {'':<11} packing efficiency {eff:.3f} (real tokens / slots of {max_seq_len})")
+    return "\n".join(lines)

@@ -51,6 +51,40 @@ def ensure_ray(cfg: Config) -> None:
              include_dashboard=True, log_to_driver=True)
 
 
+def corpus_shards(cfg: Config):
+    """The corpus's shards; InputError (one line) when it cannot be used."""
+    try:
+        return resolve_corpus(cfg.data.corpus, cfg.data.text_field)
+    except CorpusError as e:
+        raise InputError(str(e)) from None
+
+
+def tokenizer_for(cfg: Config, shards, out_dir: Path) -> Path:
+    """``tokenizer.path`` if given, else a WordPiece trained on a sample of the corpus into
+    ``out_dir``. Checks first that the corpus has at least one usable document."""
+    t0 = time.perf_counter()
+    n_sample = 1 if cfg.tokenizer.path else cfg.tokenizer.sample_documents
+    try:
+        texts = sample_documents(shards, n_sample, cfg.data.min_chars)
+    except CorpusError as e:
+        raise InputError(str(e)) from None
+    if not texts:
+        raise InputError(f"corpus '{cfg.data.corpus}' has no document of at least "
+                         f"{cfg.data.min_chars} characters (empty, whitespace only or binary): "
+                         "nothing to train on")
+    if cfg.tokenizer.path:
+        tok_dir = Path(cfg.tokenizer.path)
+        if not (tok_dir / "tokenizer.json").is_file():
+            raise InputError(f"tokenizer.path '{tok_dir}' has no tokenizer.json: give a Hugging Face "
+                             "tokenizer directory, or leave tokenizer.path empty to train one")
+        return tok_dir
+    tok_dir = train_wordpiece(texts, out_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.lowercase,
+                              cfg.tokenizer.min_frequency, model_max_length=cfg.data.max_seq_len)
+    _log(f"tokenizer: WordPiece, {cfg.tokenizer.vocab_size} pieces, trained on {len(texts)} "
+         f"documents in {time.perf_counter() - t0:.1f}s -> {tok_dir}")
+    return tok_dir
+
+
 def run_pretrain(cfg: Config, workdir: str | Path | None = None) -> PretrainResult:
     from pipelines import registry
 
@@ -61,44 +95,20 @@ def run_pretrain(cfg: Config, workdir: str | Path | None = None) -> PretrainResu
         registry.check_tracking(uri)
     except registry.TrackingError as e:
         raise InputError(str(e)) from None
-    try:
-        shards = resolve_corpus(cfg.data.corpus, cfg.data.text_field)
-    except CorpusError as e:
-        raise InputError(str(e)) from None
-
+    shards = corpus_shards(cfg)
     run_name = cfg.mlflow.run_name or dt.datetime.now().strftime("pretrain-%Y%m%d-%H%M%S")
     out_root = Path(cfg.output_dir)
     out_root = (out_root if out_root.is_absolute() else workdir / out_root) / run_name
-    out_root.mkdir(parents=True, exist_ok=True)
-
-    # 2. tokenizer: given, or trained on a sample of the corpus
-    t0 = time.perf_counter()
-    if cfg.tokenizer.path:
-        tok_dir = Path(cfg.tokenizer.path)
-        if not (tok_dir / "tokenizer.json").is_file():
-            raise InputError(f"tokenizer.path '{tok_dir}' has no tokenizer.json: give a Hugging Face "
-                             "tokenizer directory, or leave tokenizer.path empty to train one")
-    else:
-        try:
-            texts = sample_documents(shards, cfg.tokenizer.sample_documents, cfg.data.min_chars)
-        except CorpusError as e:
-            raise InputError(str(e)) from None
-        if not texts:
-            raise InputError(f"corpus '{cfg.data.corpus}' has no document of at least "
-                             f"{cfg.data.min_chars} characters: nothing to train on")
-        tok_dir = train_wordpiece(texts, out_root / "tokenizer", cfg.tokenizer.vocab_size,
-                                  cfg.tokenizer.lowercase, cfg.tokenizer.min_frequency,
-                                  model_max_length=cfg.data.max_seq_len)
-        _log(f"tokenizer: WordPiece, {cfg.tokenizer.vocab_size} pieces, trained on {len(texts)} "
-             f"documents in {time.perf_counter() - t0:.1f}s -> {tok_dir}")
+    tok_dir = tokenizer_for(cfg, shards, out_root / "tokenizer")
 
     # 3. Ray Data + Ray Train
     import mlflow
     ensure_ray(cfg)
-    from pipelines.data import build_datasets
-    from pipelines.train import fit
+    import ray
+    from pipelines.data import build_datasets, report
+    from pipelines.train import NO_BATCH, fit
 
-    train_ds, val_ds = build_datasets(cfg, shards, str(tok_dir))
+    train_ds, val_ds, stats = build_datasets(cfg, shards, str(tok_dir))
     val_ds = val_ds.materialize()
     if val_ds.count() == 0:
         _log("warning: the validation split is empty (corpus too small for data.val_fraction)")
@@ -110,11 +120,23 @@ def run_pretrain(cfg: Config, workdir: str | Path | None = None) -> PretrainResu
         _log(f"MLflow run {run.info.run_id} in experiment '{cfg.mlflow.experiment}' at {uri}")
         _log(f"training: {cfg.train.num_workers} workers x {cfg.train.batch_size} sequences of "
              f"{cfg.data.max_seq_len} tokens, {cfg.train.max_steps} steps")
-        result = fit(cfg, train_ds, val_ds, str(tok_dir), str(out_root / "ray"), run_name, uri,
-                     run.info.run_id)
-        if result.error:
-            raise result.error
+        try:
+            result = fit(cfg, train_ds, val_ds, str(tok_dir), str(out_root / "ray"), run_name, uri,
+                         run.info.run_id)
+            error = result.error
+        except Exception as e:   # Ray Train raises TrainingFailedError from fit()
+            error = e
+        if error is not None:
+            if NO_BATCH in str(error):
+                raise InputError(f"corpus '{cfg.data.corpus}' is too small: {NO_BATCH} of "
+                                 f"{cfg.train.batch_size} sequences per worker for "
+                                 f"{cfg.train.num_workers} workers; use more text or lower "
+                                 "train.batch_size / train.num_workers") from None
+            raise error
         metrics = dict(result.metrics or {})
+        data_report = report(ray.get(stats.get.remote()), cfg.data.max_seq_len)
+        mlflow.log_text(data_report, "data_report.txt")
+        print(data_report, flush=True)
         # 4. export the Hugging Face directory from the final checkpoint
         model_dir = out_root / "model"
         if model_dir.exists():

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ssl_core.config import Config, _build
-from ssl_core.masking import MlmMasker
-from ssl_core.model import MlmModule, build_mlm_model, evaluate_mlm, save_hf, unwrap
-from ssl_core.tokenizer import load_fast, special_ids
+from ssl_core.examples import ExampleBuilder
+from ssl_core.masking import ratio_at, row_keys
+from ssl_core.model import PretrainModule, build_mlm_model, evaluate_mlm, save_hf, unwrap
 
 
 def say(msg: str) -> None:
@@ -73,20 +73,15 @@ def _allreduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _epochs(shard, batch_size: int):
-    """Batches of the shard forever (one pass per epoch), numpy dicts."""
-    epoch = 0
-    while True:
-        n = 0
-        for batch in shard.iter_batches(batch_size=batch_size, drop_last=True, batch_format="numpy",
-                                        prefetch_batches=2):
-            n += 1
-            yield epoch, batch
-        if n == 0:
-            raise RuntimeError(
-                f"the training data yields no full batch of {batch_size} sequences per worker: "
-                "use a larger corpus or a smaller train.batch_size")
-        epoch += 1
+NO_BATCH = "the training data yields no full batch"
+
+
+def _to_tensors(batch: dict, device) -> dict:
+    out = {}
+    for k in ("input_ids", "labels", "token_type_ids", "view_a", "view_b", "nsp_label"):
+        if k in batch:
+            out[k] = torch.from_numpy(np.asarray(batch[k]).astype(np.int64)).to(device, non_blocking=True)
+    return out
 
 
 def train_func(config: dict) -> None:
@@ -95,85 +90,115 @@ def train_func(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)   # no per-report INFO lines
+    for name in ("ray.train", "ray.train.v2._internal.execution.context"):
+        logging.getLogger(name).setLevel(logging.WARNING)         # no per-report INFO lines
     cfg: Config = _build(Config, config["cfg"])
-    tc = cfg.train
+    tc, mc, obj = cfg.train, cfg.masking, cfg.objectives
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
     torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
 
-    tok = load_fast(config["tokenizer_dir"])
-    sp = special_ids(tok)
-    hf = build_mlm_model(cfg.model, tok.get_vocab_size(), cfg.data.max_seq_len, sp["pad"])
-    model = ray.train.torch.prepare_model(MlmModule(hf))
+    builder = ExampleBuilder(cfg, config["tokenizer_dir"])
+    sp = builder.sp
+    hf = build_mlm_model(cfg.model, builder.vocab_size, cfg.data.max_seq_len, sp["pad"])
+    model = ray.train.torch.prepare_model(PretrainModule(
+        hf, mlm=obj.mlm, nsp=obj.nsp, contrastive=obj.contrastive,
+        temperature=cfg.contrastive.temperature, pad_id=sp["pad"]))
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc.warmup_steps, tc.max_steps))
     rep = _Reporter(rank, config.get("mlflow_uri"), config.get("run_id"))
-    masker = MlmMasker(tok.get_vocab_size(), sp["mask"], tuple(sorted(set(sp.values()))))
+    masker = builder.masker()
 
-    val_rows = None
+    val = None
     if rank == 0:
         val_shard = ray.train.get_dataset_shard("val")
-        val_rows = [b["input_ids"] for b in val_shard.iter_batches(batch_size=256, batch_format="numpy")]
-        before = evaluate_mlm(model, val_rows, masker, sp["pad"])
+        val = [(b["input_ids"], b["labels"])
+               for b in val_shard.iter_batches(batch_size=256, batch_format="numpy")]
+        before = evaluate_mlm(model, val, sp["pad"])
         rep.log({f"{k}_initial": v for k, v in before.items()}, 0)
         say(f"eval before training: mlm_loss {before['eval_mlm_loss']:.3f} "
-              f"mlm_acc {before['eval_mlm_accuracy']:.3f} over {before['eval_tokens']} masked tokens")
+            f"mlm_acc {before['eval_mlm_accuracy']:.3f} over {before['eval_tokens']} masked tokens")
 
     shard = ray.train.get_dataset_shard("train")
-    batches = _epochs(shard, tc.batch_size)
+    # One pass over data.max_epochs epochs laid end to end; equal shards + drop_last: every rank
+    # gets the same number of batches, so all stop at the same step.
+    batches = iter(shard.iter_batches(batch_size=tc.batch_size, drop_last=True, batch_format="numpy",
+                                      prefetch_batches=2, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                                      local_shuffle_seed=tc.seed + rank if cfg.data.shuffle_buffer else None))
     model.train()
     t0 = t_win = time.perf_counter()
-    win = torch.zeros(5, dtype=torch.float64)   # loss*n, correct, n, real tokens, data wait s
-    epoch = 0
-    for step in range(1, tc.max_steps + 1):
+    names = ["mlm_loss", "mlm_correct", "mlm_count", "nsp_loss", "nsp_correct", "nsp_count",
+             "con_loss", "con_correct", "con_count", "loss", "tokens", "wait", "steps"]
+    win = torch.zeros(len(names), dtype=torch.float64)
+    epoch, step, metrics = 0, 0, {}
+    while step < tc.max_steps:
         t_wait = time.perf_counter()
-        epoch, batch = next(batches)
+        batch = next(batches, None)
         waited = time.perf_counter() - t_wait
-        x = torch.from_numpy(batch["input_ids"].astype(np.int64)).to(device, non_blocking=True)  # (B, T)
-        y = torch.from_numpy(batch["labels"].astype(np.int64)).to(device, non_blocking=True)     # (B, T)
-        attn = (x != sp["pad"]).long()
-        loss, m = model(x, attn, y)
+        if batch is None:
+            if step == 0:
+                raise RuntimeError(f"{NO_BATCH} of {tc.batch_size} sequences per worker: use a larger "
+                                   "corpus or a smaller train.batch_size")
+            if rank == 0:
+                say(f"data exhausted after {cfg.data.max_epochs} epochs at step {step}: stopping")
+            break
+        step += 1
+        epoch = int(batch["epoch"].max())
+        if obj.mlm:
+            ratio = ratio_at(mc.schedule, mc.ratio, mc.ratio_end, (step - 1) / max(1, tc.max_steps - 1))
+            batch["input_ids"], batch["labels"] = masker.keyed(
+                batch["input_ids"], seed=mc.seed, keys=row_keys(batch["input_ids"], mc.seed, batch["epoch"]),
+                word_start=batch["word_start"].astype(bool), ratio=ratio)
+        loss, m = model(_to_tensors(batch, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         sched.step()
-        n = float(m["mlm_count"])
-        win += torch.tensor([loss.item() * n, float(m["mlm_correct"]), n,
-                             float(batch["num_tokens"].sum()), waited], dtype=torch.float64)
+        vals = {k: float(v) for k, v in m.items()}
+        for k in ("mlm", "nsp", "con"):
+            if f"{k}_loss" in vals:
+                vals[f"{k}_loss"] *= vals[f"{k}_count"]
+        vals.update(loss=loss.item(), tokens=float(batch["num_tokens"].sum()), wait=waited, steps=1.0)
+        win += torch.tensor([vals.get(k, 0.0) for k in names], dtype=torch.float64)
 
         if step % tc.log_every == 0 or step == tc.max_steps:
-            g = _allreduce_sum(win.clone())
+            g = dict(zip(names, _allreduce_sum(win.clone()).tolist()))
             dt = time.perf_counter() - t_win
-            metrics = {
-                "step": step, "epoch": epoch,
-                "loss": g[0].item() / max(1.0, g[2].item()),
-                "mlm_accuracy": g[1].item() / max(1.0, g[2].item()),
-                "tokens_per_s": g[3].item() / dt,
-                "data_wait_frac": g[4].item() / world / dt,
-                "lr": sched.get_last_lr()[0],
-            }
             win.zero_()
             t_win = time.perf_counter()
+            metrics = {"step": step, "epoch": epoch, "loss": g["loss"] / max(1.0, g["steps"]),
+                       "tokens_per_s": g["tokens"] / dt, "data_wait_frac": g["wait"] / world / dt,
+                       "lr": sched.get_last_lr()[0]}
+            if obj.mlm:
+                metrics.update(mlm_loss=g["mlm_loss"] / max(1.0, g["mlm_count"]),
+                               mlm_accuracy=g["mlm_correct"] / max(1.0, g["mlm_count"]), mask_ratio=ratio)
+            if obj.nsp:
+                metrics.update(nsp_loss=g["nsp_loss"] / max(1.0, g["nsp_count"]),
+                               nsp_accuracy=g["nsp_correct"] / max(1.0, g["nsp_count"]))
+            if obj.contrastive:
+                metrics.update(contrastive_loss=g["con_loss"] / max(1.0, g["con_count"]),
+                               contrastive_accuracy=g["con_correct"] / max(1.0, g["con_count"]))
             if rank == 0:
-                elapsed = time.perf_counter() - t0
-                say(f"step {step}/{tc.max_steps} | loss {metrics['loss']:.4f} | "
-                      f"mlm_acc {metrics['mlm_accuracy']:.3f} | {metrics['tokens_per_s']:,.0f} tok/s | "
-                    f"lr {metrics['lr']:.2e} | {elapsed:.0f}s")
+                parts = [f"loss {metrics['loss']:.4f}"]
+                parts += [f"{k} {metrics[k]:.3f}" for k in ("mlm_accuracy", "nsp_accuracy",
+                                                            "contrastive_accuracy") if k in metrics]
+                say(f"step {step}/{tc.max_steps} | " + " | ".join(parts) + f" | "
+                    f"{metrics['tokens_per_s']:,.0f} tok/s | lr {metrics['lr']:.2e} | "
+                    f"{time.perf_counter() - t0:.0f}s")
                 rep.log({k: v for k, v in metrics.items() if k != "step"}, step)
             if step < tc.max_steps:
                 ray.train.report(metrics)
 
-    final = dict(metrics)
+    final = dict(metrics, step=step)
     if rank == 0:
-        after = evaluate_mlm(model, val_rows, masker, sp["pad"])
+        after = evaluate_mlm(model, val, sp["pad"])
         final.update(after)
-        rep.log(after, tc.max_steps)
+        rep.log(after, step)
         say(f"eval after training: mlm_loss {after['eval_mlm_loss']:.3f} "
             f"mlm_acc {after['eval_mlm_accuracy']:.3f}")
         with tempfile.TemporaryDirectory() as d:

@@ -32,6 +32,9 @@ class DataConfig:
     val_fraction: float = 0.02            # share of documents held out (stable hash of the document id)
     batch_rows: int = 256                 # documents per Ray Data tokenize/pack batch
     tokenize_actors: int = 1              # size of the tokenizer actor pool
+    max_doc_chars: int = 1_000_000        # longer documents (or lines) are cut into pieces this long
+    max_epochs: int = 1000                # passes over the data at most (training stops at max_steps)
+    shuffle_buffer: int = 2000            # rows in each worker's local shuffle buffer (0 = off)
 
     def validate(self) -> None:
         _check(self.max_seq_len >= 8, "data.max_seq_len must be >= 8")
@@ -39,6 +42,8 @@ class DataConfig:
         _check(self.batch_rows >= 1, "data.batch_rows must be >= 1")
         _check(self.tokenize_actors >= 1, "data.tokenize_actors must be >= 1")
         _check(self.max_documents >= 0, "data.max_documents must be >= 0")
+        _check(self.max_doc_chars >= 1000, "data.max_doc_chars must be >= 1000")
+        _check(self.max_epochs >= 1, "data.max_epochs must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -55,18 +60,69 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class ObjectivesConfig:
+    mlm: bool = True              # masked language modeling
+    nsp: bool = False             # next-sentence prediction pairs
+    contrastive: bool = False     # two augmented views per text (InfoNCE)
+
+    def validate(self) -> None:
+        _check(self.mlm or self.nsp or self.contrastive, "enable at least one of objectives.mlm, "
+               "objectives.nsp, objectives.contrastive")
+
+
+@dataclass(frozen=True)
 class MaskingConfig:
     ratio: float = 0.15          # share of (non-special) tokens selected for prediction
     mask_prob: float = 0.8       # of the selected: replaced by [MASK]
     random_prob: float = 0.1     # of the selected: replaced by a random token (the rest stay as they are)
+    strategy: str = "token"      # token | whole_word | span
+    schedule: str = "constant"   # constant | linear (ratio -> ratio_end over training)
+    ratio_end: float = 0.15      # final ratio of the linear schedule
+    span_p: float = 0.2          # span masking: span length ~ Geometric(span_p) words ...
+    span_max: int = 10           # ... clipped at span_max
     seed: int = 0
 
     def validate(self) -> None:
         _check(0.0 < self.ratio < 1.0, "masking.ratio must be in (0, 1)")
+        _check(0.0 < self.ratio_end < 1.0, "masking.ratio_end must be in (0, 1)")
+        _check(self.strategy in ("token", "whole_word", "span"),
+               f"masking.strategy must be token, whole_word or span, got {self.strategy!r}")
+        _check(self.schedule in ("constant", "linear"),
+               f"masking.schedule must be constant or linear, got {self.schedule!r}")
+        _check(0.0 < self.span_p < 1.0, "masking.span_p must be in (0, 1)")
+        _check(self.span_max >= 1, "masking.span_max must be >= 1")
         _check(0.0 <= self.mask_prob <= 1.0, "masking.mask_prob must be in [0, 1]")
         _check(0.0 <= self.random_prob <= 1.0, "masking.random_prob must be in [0, 1]")
         _check(self.mask_prob + self.random_prob <= 1.0 + 1e-9,
                "masking.mask_prob + masking.random_prob must be <= 1")
+
+
+@dataclass(frozen=True)
+class NspConfig:
+    not_next_prob: float = 0.5    # share of NotNext pairs (B from another document)
+    short_seq_prob: float = 0.1   # share of instances with a shorter random target length
+    buffer_docs: int = 256        # recent documents kept per worker as NotNext partners
+
+    def validate(self) -> None:
+        _check(0.0 < self.not_next_prob < 1.0, "nsp.not_next_prob must be in (0, 1)")
+        _check(0.0 <= self.short_seq_prob <= 1.0, "nsp.short_seq_prob must be in [0, 1]")
+        _check(self.buffer_docs >= 2, "nsp.buffer_docs must be >= 2")
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    view_a: str = "identity"      # augmentation chain of the first view, e.g. "crop:0.8,delete:0.1"
+    view_b: str = "identity"      # ... and of the second (identity + identity = SimCSE dropout views)
+    temperature: float = 0.05     # InfoNCE temperature τ
+
+    def validate(self) -> None:
+        from ssl_core.augment import parse_chain
+        _check(self.temperature > 0, "contrastive.temperature must be > 0")
+        for name in ("view_a", "view_b"):
+            try:
+                parse_chain(getattr(self, name))
+            except ValueError as e:
+                raise ConfigError(f"contrastive.{name}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -118,7 +174,10 @@ class MlflowConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    nsp: NspConfig = field(default_factory=NspConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.config import ModelConfig
-from ssl_core.masking import IGNORE_INDEX, MlmMasker
+from ssl_core.masking import IGNORE_INDEX
 
 EVAL_RATIO = 0.15      # MLM is always *evaluated* at 15%, whatever the training ratio
 EVAL_SEED = 1234
@@ -58,28 +58,94 @@ class MlmModule(torch.nn.Module):
         return mlm_loss_from_hidden(enc.last_hidden_state, labels, self.hf.cls)
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over real tokens.  (B, T, H), (B, T) -> (B, H)"""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE of paired embeddings (B, H): row i of ``a`` is positive with row i of ``b``, the
+    other rows of ``b`` are its negatives. Returns (loss, number of rows whose positive ranks first)."""
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    logits = a @ b.T / temperature                                  # (B, B)
+    target = torch.arange(len(a), device=a.device)
+    loss = F.cross_entropy(logits, target)
+    return loss, (logits.argmax(-1) == target).sum()
+
+
+class PretrainModule(torch.nn.Module):
+    """All enabled objectives on one encoder: forward(batch) -> (summed loss, metric tensors).
+
+    MLM: sparse cross-entropy at masked positions; NSP: 2-way head on [CLS] (training only);
+    contrastive: InfoNCE(τ) between mean-pooled views, the rest of the batch as negatives."""
+
+    def __init__(self, hf_model, mlm: bool = True, nsp: bool = False, contrastive: bool = False,
+                 temperature: float = 0.05, pad_id: int = 0):
+        super().__init__()
+        self.hf = hf_model
+        self.mlm, self.use_nsp, self.contrastive = mlm, nsp, contrastive
+        self.temperature = temperature
+        self.pad_id = pad_id
+        H = hf_model.config.hidden_size
+        self.nsp_head = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.Tanh(),
+                                            torch.nn.Linear(H, 2)) if nsp else None
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        total = None
+        m: dict[str, torch.Tensor] = {}
+        if self.mlm or self.use_nsp:
+            x = batch["input_ids"]                                   # (B, T)
+            enc = self.hf.bert(input_ids=x, attention_mask=(x != self.pad_id).long(),
+                               token_type_ids=batch.get("token_type_ids"), return_dict=True)
+            h = enc.last_hidden_state                                # (B, T, H)
+            if self.mlm:
+                loss, mm = mlm_loss_from_hidden(h, batch["labels"], self.hf.cls)
+                total = loss
+                m.update(mm)
+            if self.use_nsp:
+                logits = self.nsp_head(h[:, 0]).float()              # (B, 2)
+                y = batch["nsp_label"]
+                labeled = y != IGNORE_INDEX                          # one-sentence chunks: -100
+                n = labeled.sum()
+                loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX) if n > 0 \
+                    else logits.sum() * 0.0                         # keep the graph for DDP
+                total = loss if total is None else total + loss
+                m.update(nsp_loss=loss.detach(), nsp_correct=((logits.argmax(-1) == y) & labeled).sum(),
+                         nsp_count=n)
+        if self.contrastive:
+            v = torch.cat([batch["view_a"], batch["view_b"]])        # (2B, T): one encoder pass
+            att = (v != self.pad_id).long()
+            e = mean_pool(self.hf.bert(input_ids=v, attention_mask=att, return_dict=True).last_hidden_state, att)
+            ea, eb = e.chunk(2)
+            loss, correct = info_nce(ea, eb, self.temperature)
+            total = loss if total is None else total + loss
+            m.update(con_loss=loss.detach(), con_correct=correct, con_count=torch.tensor(len(ea)))
+        return total, m
+
+
 def unwrap(model) -> torch.nn.Module:
-    """The Hugging Face model inside DDP / MlmModule wrappers."""
-    while hasattr(model, "module") or isinstance(model, MlmModule):
+    """The Hugging Face model inside DDP / MlmModule / PretrainModule wrappers."""
+    while hasattr(model, "module") or isinstance(model, (MlmModule, PretrainModule)):
         model = model.module if hasattr(model, "module") else model.hf
     return model
 
 
 @torch.no_grad()
-def evaluate_mlm(model, batches: Iterable[np.ndarray], masker: MlmMasker, pad_id: int,
+def evaluate_mlm(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], pad_id: int,
                  batch_size: int = 64) -> dict[str, float]:
-    """MLM loss/accuracy at a fixed 15% mask and fixed seed over (B, T) id arrays (unmasked)."""
+    """MLM loss/accuracy over (masked ids, labels) batches, masked at the fixed eval ratio/seed."""
     inner = MlmModule(unwrap(model))
     was_training = inner.training
     inner.eval()
-    fixed = MlmMasker(masker.vocab_size, masker.mask_id, masker.special_ids, ratio=EVAL_RATIO)
     tot_loss, tot_correct, tot_n = 0.0, 0, 0
-    for ids in batches:
+    for ids, labels in batches:
         for i in range(0, len(ids), batch_size):
-            chunk = np.asarray(ids[i:i + batch_size])
-            masked, labels = fixed.keyed(chunk, seed=EVAL_SEED, epoch=0)
-            x = torch.as_tensor(masked, dtype=torch.long)
-            y = torch.as_tensor(labels, dtype=torch.long)
+            x = torch.as_tensor(np.asarray(ids[i:i + batch_size]), dtype=torch.long)
+            y = torch.as_tensor(np.asarray(labels[i:i + batch_size]), dtype=torch.long)
+            if not (y != IGNORE_INDEX).any():
+                continue
             loss, m = inner(x, (x != pad_id).long(), y)
             n = int(m["mlm_count"])
             tot_loss += float(loss) * n

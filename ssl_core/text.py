@@ -59,6 +59,33 @@ def clean_text(text: str) -> str:
     return "\n".join(line.strip() for line in text.split("\n")).strip()
 
 
+_SENT_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n")
+_ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|Mr|Mrs|Ms|Dr|St|No|Fig|cf|approx)\.|\b[A-Z]\.)$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split cleaned text into sentences: at ., ! or ? followed by a capital or digit, and at blank
+    lines (a single line break is a wrapped line); common abbreviations (e.g., Dr., single
+    initials) do not end a sentence."""
+    out: list[str] = []
+    pending = ""
+    pos = 0
+    for m in _SENT_END.finditer(text):
+        piece = (text[pos:m.start()] + (m.group(1) or "")).strip()
+        pos = m.end()
+        if not piece:
+            continue
+        if "\n" not in m.group(0) and _ABBREV.search(piece):
+            pending = f"{pending} {piece}".strip()
+            continue
+        out.append(f"{pending} {piece}".strip())
+        pending = ""
+    tail = f"{pending} {text[pos:].strip()}".strip()
+    if tail:
+        out.append(tail)
+    return out
+
+
 def doc_hash(doc_id: str) -> int:
     """A stable 64-bit hash of a document id (same value on every machine and run)."""
     return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little")
@@ -147,6 +174,8 @@ def resolve_corpus(corpus: str, text_field: str = "text") -> list[Shard]:
                 raise CorpusError(f"corpus file '{f}' has an unsupported extension "
                                   f"(supported: {', '.join(SUPPORTED)}, optionally compressed)")
             url = fs.unstrip_protocol(f) if fs.protocol not in ("file", ("file", "local")) else f
+            if kind == "parquet":
+                check_parquet_column(url, text_field)
             shards.append(Shard(kind, url, text_field))
     return shards
 
@@ -177,22 +206,47 @@ def _open_text(url: str):
     return fsspec.open(url, "rb", compression="infer")
 
 
-def _txt_documents(url: str, counts: Counter) -> Iterator[tuple[str, str]]:
-    """Blank-line separated documents, read line by line (never the whole file at once)."""
+DEFAULT_MAX_DOC_CHARS = 1_000_000
+
+
+def _txt_documents(url: str, counts: Counter, max_chars: int) -> Iterator[tuple[str, str]]:
+    """Blank-line separated documents, read in lines of at most ``max_chars`` bytes: memory stays
+    bounded whatever the file (one 100 MB line included). A NUL byte marks a binary file: the
+    rest of it is skipped and counted."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     buf: list[str] = []
+    size = 0
     start = 0
+    lineno = 0
     with _open_text(url) as fb:
-        for lineno, raw in enumerate(fb):
-            line = raw.decode("utf-8", errors="replace")
+        while True:
+            raw = fb.readline(max_chars)
+            if not raw:
+                break
+            if b"\x00" in raw:
+                counts["files_skipped:binary"] += 1
+                if buf:
+                    counts["records_read"] += 1
+                    counts["skipped:binary_file"] += 1
+                return
+            if raw.endswith(b"\n"):
+                lineno += 1
+            line = dec.decode(raw, final=False)
             if "\ufffd" in line and b"\xef\xbf\xbd" not in raw:
                 counts["invalid_utf8_lines"] += 1
             if line.strip():
                 if not buf:
-                    start = lineno + 1
+                    start = lineno
                 buf.append(line)
+                size += len(line)
             elif buf:
                 yield f"{url}:{start}", "".join(buf)
-                buf = []
+                buf, size = [], 0
+        tail = dec.decode(b"", final=True)
+        if tail.strip():
+            buf.append(tail)
         if buf:
             yield f"{url}:{start}", "".join(buf)
 
@@ -215,15 +269,30 @@ def _jsonl_documents(url: str, field: str, counts: Counter) -> Iterator[tuple[st
             yield f"{url}:{lineno}", text
 
 
+def check_parquet_column(url: str, field: str) -> None:
+    """Raise CorpusError naming the file and its columns when ``field`` is not one of them."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    try:
+        with fsspec.open(url, "rb") as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+    except CorpusError:
+        raise
+    except Exception as e:
+        raise CorpusError(f"parquet file '{url}' cannot be read ({type(e).__name__}: {e})") from None
+    if field not in names:
+        raise CorpusError(f"parquet file '{url}' has no column '{field}' (columns: "
+                          f"{', '.join(names)}); set data.text_field=COLUMN")
+
+
 def _parquet_documents(url: str, field: str, counts: Counter) -> Iterator[tuple[str, str]]:
     import fsspec
     import pyarrow.parquet as pq
 
+    check_parquet_column(url, field)
     with fsspec.open(url, "rb") as f:
         pf = pq.ParquetFile(f)
-        if field not in pf.schema_arrow.names:
-            raise CorpusError(f"parquet file '{url}' has no column '{field}' (columns: "
-                              f"{', '.join(pf.schema_arrow.names)}); set data.text_field=COLUMN")
         row = 0
         for batch in pf.iter_batches(columns=[field], batch_size=4096):
             for text in batch.column(0).to_pylist():
@@ -235,18 +304,32 @@ def _parquet_documents(url: str, field: str, counts: Counter) -> Iterator[tuple[
                 row += 1
 
 
-def iter_documents(shard: Shard, counts: Counter | None = None,
-                   min_chars: int = 1) -> Iterator[dict]:
+def _pieces(text: str, max_chars: int) -> list[str]:
+    """Cut a too-long text into pieces of at most ``max_chars``, at whitespace where there is some."""
+    out = []
+    while len(text) > max_chars:
+        cut = text.rfind(" ", max_chars // 2, max_chars)
+        cut = cut if cut > 0 else max_chars
+        out.append(text[:cut])
+        text = text[cut:].lstrip()
+    if text:
+        out.append(text)
+    return out
+
+
+def iter_documents(shard: Shard, counts: Counter | None = None, min_chars: int = 1,
+                   max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> Iterator[dict]:
     """Yield ``{"id", "text"}`` for each usable document of a shard, cleaned.
 
-    ``counts`` (optional) receives ``records_read``, ``documents`` and ``skipped:<reason>`` counts,
-    so that records_read == documents + sum(skipped:*)."""
+    ``counts`` receives ``records_read`` = ``records_used`` + the ``skipped:<reason>`` counts,
+    plus ``documents`` (a record longer than ``max_doc_chars`` gives several), ``files``,
+    ``files_skipped:<reason>``, ``long_documents_split`` and ``invalid_utf8_lines``."""
     counts = counts if counts is not None else Counter()
     if shard.kind == "pydoc":
         raw = _pydoc_topics() if shard.path == "topics" else (
             d for p in shard.path.split("\n") for d in _docstrings(p))
     elif shard.kind == "txt":
-        raw = _txt_documents(shard.path, counts)
+        raw = _txt_documents(shard.path, counts, max_doc_chars)
     elif shard.kind == "jsonl":
         raw = _jsonl_documents(shard.path, shard.text_field, counts)
     elif shard.kind == "parquet":
@@ -254,15 +337,24 @@ def iter_documents(shard: Shard, counts: Counter | None = None,
     else:
         raise CorpusError(f"unknown shard kind {shard.kind!r}")
     counted_by_reader = shard.kind in ("jsonl", "parquet")
+    counts["files"] += 1
+    used_before, binary_before = counts["records_used"], counts["files_skipped:binary"]
     for doc_id, text in raw:
         if not counted_by_reader:
             counts["records_read"] += 1
         text = clean_text(text)
         if len(text) < min_chars:
-            counts["skipped:too_short"] += 1
+            counts["skipped:too_short" if text else "skipped:empty"] += 1
             continue
-        counts["documents"] += 1
-        yield {"id": doc_id, "text": text}
+        counts["records_used"] += 1
+        pieces = _pieces(text, max_doc_chars) if len(text) > max_doc_chars else [text]
+        if len(pieces) > 1:
+            counts["long_documents_split"] += 1
+        for i, piece in enumerate(pieces):
+            counts["documents"] += 1
+            yield {"id": doc_id if i == 0 else f"{doc_id}#{i}", "text": piece}
+    if counts["records_used"] == used_before and counts["files_skipped:binary"] == binary_before:
+        counts["files_without_documents"] += 1
 
 
 def sample_documents(shards: list[Shard], n: int, min_chars: int = 1) -> list[str]:
