@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_ray() -> None:
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    sys.stderr.flush()
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -92,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("sslpipe: interrupted", file=sys.stderr)
             return 130
+        _stop_ray()     # flush Ray's forwarded worker logs first: these two lines end the output
         print(res.model_uri)
         print(res.model_dir)
         return 0

@@ -85,6 +85,33 @@ def tokenizer_for(cfg: Config, shards, out_dir: Path) -> Path:
     return tok_dir
 
 
+SMALL_CORPUS_BYTES = 5 << 20
+
+
+def _check_enough_rows(cfg: Config, shards, tok_dir: str) -> None:
+    """A small corpus (< 5 MB of files) gets one counting pass first, so that "too small for one
+    batch" is a clear error before training starts instead of a failure inside the workers."""
+    import fsspec
+    from pipelines.data import examples
+
+    if any(s.kind == "pydoc" for s in shards):
+        return
+    try:
+        size = sum(fsspec.core.url_to_fs(s.path)[0].size(fsspec.core.url_to_fs(s.path)[1]) or 0
+                   for s in shards)
+    except Exception:
+        return
+    if size >= SMALL_CORPUS_BYTES:
+        return
+    need = cfg.train.num_workers * cfg.train.batch_size
+    rows = examples(cfg, shards, tok_dir, "train", 1).count()
+    if rows < need:
+        raise InputError(f"corpus '{cfg.data.corpus}' is too small: one pass gives {rows} training "
+                         f"rows, one step needs {need} (train.num_workers {cfg.train.num_workers} x "
+                         f"train.batch_size {cfg.train.batch_size}); use more text or lower "
+                         "train.batch_size")
+
+
 def run_pretrain(cfg: Config, workdir: str | Path | None = None) -> PretrainResult:
     from pipelines import registry
 
@@ -108,6 +135,7 @@ def run_pretrain(cfg: Config, workdir: str | Path | None = None) -> PretrainResu
     from pipelines.data import build_datasets, report
     from pipelines.train import NO_BATCH, fit
 
+    _check_enough_rows(cfg, shards, str(tok_dir))
     train_ds, val_ds, stats = build_datasets(cfg, shards, str(tok_dir))
     val_ds = val_ds.materialize()
     if val_ds.count() == 0:

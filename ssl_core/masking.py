@@ -58,7 +58,8 @@ def row_keys(input_ids: np.ndarray, seed: int, epoch=0) -> np.ndarray:
     T = ids.shape[1]
     coef = mix32(np.arange(1, T + 1, dtype=np.uint32) * _G32) | np.uint32(1)   # (T,) odd
     ep = np.asarray(epoch, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
-    salt = splitmix64((np.uint64(seed & 0xFFFFFFFF) << np.uint64(32) | ep) + _GOLDEN)
+    with np.errstate(over="ignore"):
+        salt = splitmix64((np.uint64(seed & 0xFFFFFFFF) << np.uint64(32) | ep) + _GOLDEN)
     with np.errstate(over="ignore"):
         h = (ids.astype(np.uint32) * coef).sum(axis=1, dtype=np.uint32)       # (B,)
         h ^= (salt & np.uint64(0xFFFFFFFF)).astype(np.uint32)
@@ -173,7 +174,9 @@ class MlmMasker:
             return self._apply(ids, idx, (zi >> np.uint32(16)), t_mask, t_rand, zi)
         if word_start is None:
             raise ValueError(f"strategy {self.strategy!r} needs word_start (B, T)")
-        ws = np.asarray(word_start, dtype=bool) | self._special[ids]        # specials are words
+        special = self._special[ids]
+        ws = np.asarray(word_start, dtype=bool) | special                   # specials are words,
+        ws[:, 1:] |= special[:, :-1]                                         # and so is what follows
         ws[:, 0] = True
         pos = np.broadcast_to(np.arange(T), (B, T))
         start = np.maximum.accumulate(np.where(ws, pos, 0), axis=1)          # (B, T) word start

@@ -68,10 +68,13 @@ class NspBuilder:
             if i == len(sentences) - 1 or length >= target:
                 a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
                 a = np.concatenate(chunk[:a_end])
-                not_next = rng.random() < self.not_next_prob
+                # random with balance feedback: NotNext with probability (target - NotNext so far),
+                # target = not_next_prob x labeled pairs; the running share stays at the rate
+                labeled = self.counts["is_next"] + self.counts["not_next"]
+                target = self.not_next_prob * (labeled + 1)
+                not_next = self.counts["not_next"] + rng.random() < target
                 if len(chunk) == 1:                     # no continuation: NotNext or unlabeled
-                    labeled = self.counts["is_next"] + self.counts["not_next"]
-                    not_next = self.counts["not_next"] + 1 <= self.not_next_prob * (labeled + 1)
+                    not_next = self.counts["not_next"] + 1 <= target + 1.0   # at most one ahead
                 if len(chunk) == 1 and not not_next:
                     a, _ = _truncate_pair(a, a[:0], max_tokens, rng)
                     out.append(self._row(a, None, UNLABELED))
