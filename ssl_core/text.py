@@ -92,8 +92,9 @@ def doc_hash(doc_id: str) -> int:
 
 
 def is_validation(doc_id: str, val_fraction: float) -> bool:
-    """Stable train/validation split by the hash of the document id."""
-    return (doc_hash(doc_id) % 1_000_000) < val_fraction * 1_000_000
+    """Stable train/validation split by the hash of the document id without its directory
+    (``name.txt:LINE``): the same split however the path is spelled or wherever the file lives."""
+    return (doc_hash(doc_id.rsplit("/", 1)[-1]) % 1_000_000) < val_fraction * 1_000_000
 
 
 # ---------------------------------------------------------------- resolving sources
