@@ -147,9 +147,6 @@ def train_func(config: dict) -> None:
             break
         step += 1
         epoch = int(batch["epoch"].max())
-        if step == 1 and epoch > 0:     # one epoch of this worker's shard is less than one batch
-            raise RuntimeError(f"{NO_BATCH} of {tc.batch_size} sequences per worker from one pass "
-                               "over the corpus: use a larger corpus or a smaller train.batch_size")
         if obj.mlm:
             ratio = ratio_at(mc.schedule, mc.ratio, mc.ratio_end, (step - 1) / max(1, tc.max_steps - 1))
             batch["input_ids"], batch["labels"] = masker.keyed(
