@@ -7,10 +7,14 @@ One core, the same token ids (256 x 128 packed from real text), 15%, 80/10/10.
                 tokenized examples in, a padded, masked batch out).
 * masking_core: ours (same call) vs the collator's mask-only path ``torch_mask_tokens`` on the same
                 tensor, given the special-tokens mask precomputed (its fastest use).
+* masking_wwm:  whole-word masking: ours (``strategy="whole_word"``, word starts as Ray Data hands
+                them over) vs ``DataCollatorForLanguageModeling(whole_word_mask=True)`` on the same
+                256 x 128 encodings (examples with offset_mapping and special_tokens_mask, as it needs).
 
     python benchmarks/masking.py [--repeats 200]
 
-Ends with ``RATIO masking <x>`` and ``RATIO masking_core <x>`` (ours / reference, tokens/s).
+Ends with ``RATIO masking <x>``, ``RATIO masking_core <x>`` and ``RATIO masking_wwm <x>``
+(ours / reference, tokens/s).
 """
 from __future__ import annotations
 
@@ -99,8 +103,38 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         print(f"{k:32s} median {v * 1e3:8.3f} ms  {n_tok / v / 1e6:8.1f} Mtok/s")
+    # whole-word masking on encodings with offsets (what the HF collator needs for it)
+    from ssl_core.examples import continuation_lut
+    texts = [t for t in sample_documents(resolve_corpus("builtin:python-docs"), 6000, min_chars=600)]
+    enc = hf_tok(texts, truncation=True, max_length=T, padding="max_length",
+                 return_offsets_mapping=True, return_special_tokens_mask=True)
+    full = [i for i, m in enumerate(enc["attention_mask"]) if sum(m) == T][:B]
+    assert len(full) == B, f"only {len(full)} full-length texts"
+    wwm_examples = [{k: enc[k][i] for k in ("input_ids", "offset_mapping", "special_tokens_mask")}
+                    for i in full]
+    ids_w = np.asarray([enc["input_ids"][i] for i in full], dtype=np.int32)
+    lut = continuation_lut(hf_tok.backend_tokenizer)
+    ws = ~lut[ids_w]
+    wwm = MlmMasker.from_tokenizer(hf_tok, strategy="whole_word")
+    wwm_collator = DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15, whole_word_mask=True,
+                                                   mask_replace_prob=0.8, random_replace_prob=0.1, seed=0)
+    _, lab = wwm.keyed(ids_w, seed=0, word_start=ws)
+    hb = wwm_collator(wwm_examples)
+    elig = ~np.isin(ids_w, wwm.special_ids)
+    print(f"whole-word masked share: ours {(lab != -100).sum() / elig.sum():.4f}, "
+          f"HF {(hb['labels'] != -100).sum().item() / elig.sum():.4f}")
+    wcases = {"ours whole_word keyed": lambda: wwm.keyed(ids_w, seed=0, epoch=next(epoch), word_start=ws),
+              "HF collator whole_word_mask": lambda: wwm_collator(wwm_examples)}
+    wtimes = {k: [] for k in wcases}
+    for _ in range(rounds):
+        for k, fn in wcases.items():
+            wtimes[k] += timeit(fn, max(1, args.repeats // rounds // (4 if "HF" in k else 1)))
+    wmed = {k: statistics.median(v) for k, v in wtimes.items()}
+    for k, v in wmed.items():
+        print(f"{k:32s} median {v * 1e3:8.3f} ms  {n_tok / v / 1e6:8.1f} Mtok/s")
     print(f"RATIO masking {med['HF collator(list of examples)'] / med['ours keyed (pipeline)']:.1f}")
     print(f"RATIO masking_core {med['HF torch_mask_tokens(tensor)'] / med['ours keyed (pipeline)']:.1f}")
+    print(f"RATIO masking_wwm {wmed['HF collator whole_word_mask'] / wmed['ours whole_word keyed']:.1f}")
 
 
 if __name__ == "__main__":

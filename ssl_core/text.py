@@ -210,6 +210,32 @@ def _open_text(url: str):
 DEFAULT_MAX_DOC_CHARS = 1_000_000
 
 
+def _bounded_lines(fb, limit: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a binary file object (``\\n`` kept), none longer than ``limit`` bytes: a longer
+    line comes in several parts. Works on any file object with ``read(n)`` (local, fsspec, gzip)."""
+    buf = b""
+    while True:
+        data = fb.read(chunk)
+        if not data:
+            break
+        buf += data
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start, start + limit)
+            if nl >= 0:
+                yield buf[start:nl + 1]
+                start = nl + 1
+            elif len(buf) - start >= limit:
+                yield buf[start:start + limit]
+                start += limit
+            else:
+                break
+        buf = buf[start:]
+    while buf:
+        yield buf[:limit]
+        buf = buf[limit:]
+
+
 def _txt_documents(url: str, counts: Counter, max_chars: int) -> Iterator[tuple[str, str]]:
     """Blank-line separated documents, read in lines of at most ``max_chars`` bytes: memory stays
     bounded whatever the file (one 100 MB line included). A NUL byte marks a binary file: the
@@ -222,10 +248,7 @@ def _txt_documents(url: str, counts: Counter, max_chars: int) -> Iterator[tuple[
     start = 0
     lineno = 0
     with _open_text(url) as fb:
-        while True:
-            raw = fb.readline(max_chars)
-            if not raw:
-                break
+        for raw in _bounded_lines(fb, max_chars):
             if b"\x00" in raw:
                 counts["files_skipped:binary"] += 1
                 if buf:
@@ -254,7 +277,7 @@ def _txt_documents(url: str, counts: Counter, max_chars: int) -> Iterator[tuple[
 
 def _jsonl_documents(url: str, field: str, counts: Counter) -> Iterator[tuple[str, str]]:
     with _open_text(url) as fb:
-        for lineno, raw in enumerate(fb, 1):
+        for lineno, raw in enumerate(_bounded_lines(fb, 1 << 28), 1):   # a record is one line
             if not raw.strip():
                 continue
             counts["records_read"] += 1

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -119,3 +120,31 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
     e.update(env or {})
     return subprocess.run([str(exe), *args], cwd=cwd, env=e, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def s3_server(session_tmp):
+    """A local S3-compatible server (moto) on 127.0.0.1; yields the env a client needs."""
+    pytest.importorskip("s3fs")
+    port = free_port()
+    exe = Path(sys.executable).parent / "moto_server"
+    log = open(session_tmp / "moto.log", "wb")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(env["AWS_ENDPOINT_URL"], timeout=2)
+            break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("moto_server did not start:\n" + (session_tmp / "moto.log").read_text())
+            time.sleep(0.3)
+    yield env
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+    log.close()

@@ -58,6 +58,23 @@ def test_jsonl_parquet_and_gzip(tmp_path):
     docs, _ = read_all(str(tmp_path / "c.txt.gz"))
     assert [d["text"] for d in docs] == ["one\ntwo", "three"]
 
+    import zstandard
+    (tmp_path / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+        (json.dumps({"text": "zstd compressed"}) + "\n").encode()))
+    docs, c = read_all(str(tmp_path / "d.jsonl.zst"))
+    assert [d["text"] for d in docs] == ["zstd compressed"] and c["records_read"] == 1
+
+
+def test_lines_longer_than_the_limit_come_in_bounded_pieces(tmp_path):
+    (tmp_path / "big.txt").write_bytes(b"first doc.\n\n" + b"w " * 600_000 + b"\n\nlast doc.\n")
+    c = Counter()
+    docs = [d for s in resolve_corpus(str(tmp_path / "big.txt"))
+            for d in iter_documents(s, c, min_chars=1, max_doc_chars=100_000)]
+    assert docs[0]["text"] == "first doc." and docs[-1]["text"] == "last doc."
+    assert all(len(d["text"]) <= 100_000 for d in docs)
+    assert sum(len(d["text"].split()) for d in docs[1:-1]) == 600_000     # nothing lost
+    assert c["long_documents_split"] == 1 and c["records_read"] == c["records_used"] == 3
+
 
 def test_bad_sources_are_named(tmp_path):
     with pytest.raises(CorpusError, match="/no/such/path.*does not exist"):
