@@ -71,27 +71,20 @@ class NspBuilder:
                 # random with balance feedback: NotNext with probability (target - NotNext so far),
                 # target = not_next_prob x labeled pairs; the running share stays at the rate
                 labeled = self.counts["is_next"] + self.counts["not_next"]
-                target = self.not_next_prob * (labeled + 1)
-                not_next = self.counts["not_next"] + rng.random() < target
+                nn_target = self.not_next_prob * (labeled + 1)
+                not_next = self.counts["not_next"] + rng.random() < nn_target
                 if len(chunk) == 1:                     # no continuation: NotNext or unlabeled
-                    not_next = self.counts["not_next"] + 1 <= target + 1.0   # at most one ahead
-                if len(chunk) == 1 and not not_next:
-                    a, _ = _truncate_pair(a, a[:0], max_tokens, rng)
-                    out.append(self._row(a, None, UNLABELED))
+                    not_next = self.counts["not_next"] + 1 <= nn_target + 1.0   # at most one ahead
+                other = self._partner(doc_key, rng) if not_next else None
+                if not_next and other is None:
+                    self.counts["no_partner"] += 1       # no other document yet
+                if (len(chunk) == 1 and not not_next) or (not_next and other is None):
+                    out.append(self._row(a[:max_tokens], None, UNLABELED))
                     self.counts["unlabeled"] += 1
                     chunk, length = [], 0
                     i += 1
                     continue
                 if not_next:
-                    other = self._partner(doc_key, rng)
-                    if other is None:
-                        self.counts["no_partner"] += 1       # no other document yet
-                        a, _ = _truncate_pair(a, a[:0], max_tokens, rng)
-                        out.append(self._row(a, None, UNLABELED))
-                        self.counts["unlabeled"] += 1
-                        chunk, length = [], 0
-                        i += 1
-                        continue
                     want = max(1, target - len(a))
                     start = int(rng.integers(len(other)))
                     b_parts, got = [], 0

@@ -192,3 +192,17 @@ def test_parse_chain_errors():
     for bad in ("zap:1", "delete:2", "delete:x", "shuffle:0"):
         with pytest.raises(ValueError):
             parse_chain(bad)
+
+
+def test_nsp_instances_fill_the_target_length():
+    """Chunks accumulate sentences up to max_seq_len - 3 (BERT), so long documents give long pairs."""
+    rng = np.random.default_rng(3)
+    b = NspBuilder(64, CLS, SEP, PAD, short_seq_prob=0.0)
+    rows = []
+    for k in range(200):
+        d = [rng.integers(5, 100, size=10).astype(np.int32) for _ in range(30)]
+        b.remember(k, d)
+        rows += b.build(k, d, rng)
+    n = np.array([int(r["num_tokens"]) for r in rows])
+    assert np.mean(n) > 0.8 * 64 and (n <= 64).all()
+    assert (np.array([r["nsp_label"] for r in rows]) == UNLABELED).mean() < 0.1
