@@ -4,8 +4,13 @@ Each worker builds its model, reads its shard with ``ray.train.get_dataset_shard
 reports metrics with ``ray.train.report`` and, on rank 0, logs them to MLflow, evaluates at a fixed
 15% mask and reports the final Hugging Face directory as the checkpoint.
 
-Every rank runs exactly ``train.max_steps`` optimizer steps: shards are split equally and batches
-are dropped at the end of an epoch, so no rank waits on a collective the others never reach.
+Masks are drawn here, per batch, from (seed, epoch, row) with the step's mask ratio (schedule);
+Ray Data has already built the rows (tokens, word starts, NSP pairs, contrastive views).
+
+Every rank runs the same number of optimizer steps: the stream is one pass over ``data.max_epochs``
+epochs laid end to end, split equally with the last partial batch dropped, so all ranks stop at
+``train.max_steps`` (or, all together, when the data runs out) and no rank waits on a collective the
+others never reach.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ def say(msg: str) -> None:
 
 
 class _Reporter:
-    """Metrics out of a worker: printed (rank 0), logged to MLflow (rank 0), reported to Ray."""
+    """Metrics out of rank 0 into the MLflow run the driver opened (when MLflow is installed)."""
 
     def __init__(self, rank: int, mlflow_uri: str | None, run_id: str | None):
         self.rank = rank
