@@ -164,6 +164,10 @@ def resolve_corpus(corpus: str, text_field: str = "text") -> list[Shard]:
                     files += [f for f in sorted(fs.find(p)) if _kind_of(f)]
                 elif fs.exists(p):
                     files.append(p)
+        except PermissionError as e:
+            raise CorpusError(f"corpus '{src}': access denied ({e}): check the credentials for this "
+                              "store (for s3://: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+                              "AWS_PROFILE)") from None
         except Exception as e:
             raise CorpusError(f"corpus '{src}': cannot list ({type(e).__name__}: {e})") from None
         if not files:

@@ -124,26 +124,36 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
 
 @pytest.fixture(scope="session")
 def s3_server(session_tmp):
-    """A local S3-compatible server (moto) on 127.0.0.1; yields the env a client needs."""
+    """A local S3-compatible server (moto) on 127.0.0.1 that checks credentials: the first three
+    requests (no auth) create an IAM user with full rights and its key; every later request must
+    be signed with that key. Yields the standard AWS environment a client needs."""
     pytest.importorskip("s3fs")
+    import boto3
+
     port = free_port()
     exe = Path(sys.executable).parent / "moto_server"
     log = open(session_tmp / "moto.log", "wb")
     proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"))
     deadline = time.time() + 60
-    while True:
+    while True:                      # wait for the port without spending an unauthenticated request
         try:
-            urllib.request.urlopen(env["AWS_ENDPOINT_URL"], timeout=2)
-            break
-        except urllib.error.HTTPError:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError("moto_server did not start:\n" + (session_tmp / "moto.log").read_text())
             time.sleep(0.3)
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id="setup", aws_secret_access_key="setup")
+    iam.create_user(UserName="sslpipe")
+    iam.put_user_policy(UserName="sslpipe", PolicyName="all", PolicyDocument=(
+        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'))
+    key = iam.create_access_key(UserName="sslpipe")["AccessKey"]
+    env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
     yield env
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=20)

@@ -15,7 +15,7 @@ def bucket(s3_server, wikitext, shakespeare, monkeypatch_module):
 
     for k, v in s3_server.items():
         monkeypatch_module.setenv(k, v)
-    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])
+    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"])   # signed with the env's key
     s3.create_bucket(Bucket="corpus")
     s3.put_object(Bucket="corpus", Key="text/wiki.txt", Body=Path(wikitext).read_bytes())
     s3.put_object(Bucket="corpus", Key="text/shakespeare.txt", Body=Path(shakespeare).read_bytes())
@@ -51,3 +51,12 @@ def test_wrong_bucket_is_one_clear_line(tmp_path, bucket):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     err = [l for l in res.stderr.splitlines() if l.startswith("sslpipe: error:")]
     assert len(err) == 1 and "s3://no-such-bucket/x/" in err[0], res.stderr[-2000:]
+
+
+def test_wrong_credentials_are_one_clear_line(tmp_path, bucket):
+    env = dict(bucket, AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG", AWS_SECRET_ACCESS_KEY="wrong")
+    res = run_cli("data", "stats", "--config", "tiny", "--set", "data.corpus=s3://corpus/text/",
+                  cwd=tmp_path, env=env, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    err = [l for l in res.stderr.splitlines() if l.startswith("sslpipe: error:")]
+    assert len(err) == 1 and "s3://corpus/text/" in err[0] and "credentials" in err[0], res.stderr[-2000:]
