@@ -136,7 +136,7 @@ def train_func(config: dict) -> None:
     model.train()
     t0 = t_win = time.perf_counter()
     names = ["mlm_loss", "mlm_correct", "mlm_count", "nsp_loss", "nsp_correct", "nsp_count",
-             "con_loss", "con_correct", "con_count", "loss", "tokens", "wait", "steps"]
+             "con_loss", "con_correct", "con_count", "loss", "tokens", "slots", "wait", "steps"]
     win = torch.zeros(len(names), dtype=torch.float64)
     epoch, step, metrics = 0, 0, {}
     while step < tc.max_steps:
@@ -168,7 +168,8 @@ def train_func(config: dict) -> None:
         for k in ("mlm", "nsp", "con"):
             if f"{k}_loss" in vals:
                 vals[f"{k}_loss"] *= vals[f"{k}_count"]
-        vals.update(loss=loss.item(), tokens=float(batch["num_tokens"].sum()), wait=waited, steps=1.0)
+        vals.update(loss=loss.item(), tokens=float(batch["num_tokens"].sum()),
+                    slots=float(batch["input_ids"].size), wait=waited, steps=1.0)
         win += torch.tensor([vals.get(k, 0.0) for k in names], dtype=torch.float64)
 
         if step % tc.log_every == 0 or step == tc.max_steps:
@@ -178,6 +179,7 @@ def train_func(config: dict) -> None:
             t_win = time.perf_counter()
             metrics = {"step": step, "epoch": epoch, "loss": g["loss"] / max(1.0, g["steps"]),
                        "tokens_per_s": g["tokens"] / dt, "data_wait_frac": g["wait"] / world / dt,
+                       "packing_efficiency": g["tokens"] / max(1.0, g["slots"]),
                        "lr": sched.get_last_lr()[0]}
             if obj.mlm:
                 metrics.update(mlm_loss=g["mlm_loss"] / max(1.0, g["mlm_count"]),

@@ -45,6 +45,7 @@ def check_registry(client: MlflowClient, name: str, version: str, run_id: str):
     m = run.data.metrics
     assert m["eval_mlm_loss"] < m["eval_mlm_loss_initial"]          # held-out MLM loss went down
     assert 0 <= m["eval_mlm_accuracy"] <= 1 and m["tokens_per_s"] > 0
+    assert 0.5 < m["packing_efficiency"] <= 1.0                     # MLM rows are packed
     assert run.data.params["masking.ratio"] == "0.15"
     pipe = mlflow.transformers.load_model(f"models:/{name}/{version}")
     out = pipe(f"the {pipe.tokenizer.mask_token} of the")
