@@ -29,8 +29,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import numpy as np
-
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT = ",".join(str(DATA / p) for p in ("wikitext2/wiki.valid.raw", "tinyshakespeare/input.txt",
                                            "warpeace/input.txt"))
@@ -86,7 +84,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-    import pipelines.cli  # noqa: F401
     from pipelines.data import quiet_data_context
     from ssl_core.config import load_config
     from ssl_core.text import resolve_corpus, sample_documents

@@ -12,7 +12,6 @@ Ends with ``RATIO memory_10x <x>`` (peak 10x / peak 1x; lower is better, 1.0 = f
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

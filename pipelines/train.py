@@ -218,7 +218,6 @@ def train_func(config: dict) -> None:
 def fit(cfg: Config, train_ds, val_ds, tokenizer_dir: str, storage_path: str, run_name: str,
         mlflow_uri: str | None, run_id: str | None):
     """Run ``train_func`` on ``cfg.train.num_workers`` Ray Train workers; returns the Result."""
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

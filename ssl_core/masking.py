@@ -206,8 +206,6 @@ class MlmMasker:
         # token position of each eligible word start, padded with T        # (B, W)
         order = np.argsort(~wstart, axis=1, kind="stable")[:, :W]
         wpos = np.where(np.arange(W)[None, :] < n_words[:, None], order, T)
-        wend = np.concatenate([wpos[:, 1:], np.full((B, 1), T)], axis=1)    # next word start
-        # a word ends at the next word start or at its last eligible token
         M = int(max(4, 2 * budget.max() + 4)) if B else 4                    # spans drawn per row
         u_len = (rand.rows(1, M).astype(np.float64) + 0.5) / 2.0**32        # (B, M) in (0, 1)
         lens = np.minimum(1 + np.floor(np.log(u_len) / np.log1p(-self.span_p)), self.span_max)
