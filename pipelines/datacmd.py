@@ -45,8 +45,8 @@ def _decode_masked(tok, ids: np.ndarray, labels: np.ndarray, pad_id: int) -> str
         piece = tok.id_to_token(t)
         if y != IGNORE_INDEX:
             orig = tok.id_to_token(y)
-            piece = f"<{piece}>" if t == y else (f"<{piece}>" if piece == "[MASK]" else f"<{piece}!>")
-            piece += f"{{{orig}}}"
+            random = t != y and piece != "[MASK]"              # replaced by a random token
+            piece = f"<{piece}!>{{{orig}}}" if random else f"<{piece}>{{{orig}}}"
         out.append(piece)
     return " ".join(out).replace(" ##", "")
 

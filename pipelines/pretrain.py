@@ -96,10 +96,13 @@ def _check_enough_rows(cfg: Config, shards, tok_dir: str) -> None:
 
     if any(s.kind == "pydoc" for s in shards):
         return
+    def nbytes(url: str) -> int:
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.size(path) or 0
+
     try:
-        size = sum(fsspec.core.url_to_fs(s.path)[0].size(fsspec.core.url_to_fs(s.path)[1]) or 0
-                   for s in shards)
-    except Exception:
+        size = sum(nbytes(s.path) for s in shards)
+    except Exception:   # sizes unknown: skip the check, the workers still fail clearly
         return
     if size >= SMALL_CORPUS_BYTES:
         return
