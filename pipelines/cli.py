@@ -1,8 +1,11 @@
 """``sslpipe``: the command line.
 
     sslpipe pretrain [--config NAME_OR_PATH] [--set section.key=value ...]
+    sslpipe pretrain --resume [RUN]                         # continue a run from its last checkpoint
     sslpipe data stats|preview [--config ...] [--set ...]  # the data stage alone
     sslpipe config [--config NAME_OR_PATH] [--set ...]     # print the resolved config
+    sslpipe evaluate MODEL [--tasks mlm,stsb,...] [--corpus PATH] [--data-root DIR] [--json]
+                    # MODEL: a directory, runs:/RUN_ID/PATH, models:/NAME/VERSION, models:/NAME@ALIAS
 
 Usage and input errors print one line and exit with code 2.
 """
@@ -45,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                                      "MLflow Model Registry. Uses RAY_ADDRESS and MLFLOW_TRACKING_URI "
                                      "when set; a local Ray and ./mlflow.db otherwise.")
     common(pre)
+    pre.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN",
+                     help="continue a run whose driver died, from its last checkpoint: a run name "
+                          "under output_dir or a run directory (default: the newest run); the "
+                          "run's saved config is used")
     cfg = sub.add_parser("config", help="print the resolved config as JSON")
     common(cfg)
     data = sub.add_parser("data", help="inspect the Ray Data stage without training",
@@ -58,6 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     pv = dsub.add_parser("preview", help="print a few decoded examples of each enabled objective")
     common(pv)
     pv.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
+    ev = sub.add_parser("evaluate", help="run the evaluation suite on a model directory or MLflow model",
+                        description="MLM/NSP on held-out text, STS-B/SICK Spearman, SST-2/TREC linear "
+                                    "probes, fill-mask examples. MODEL: a local directory, "
+                                    "runs:/RUN_ID/PATH, models:/NAME/VERSION or models:/NAME@ALIAS "
+                                    "(MLFLOW_TRACKING_URI, else ./mlflow.db). Labelled data from "
+                                    "--data-root, SSLPIPE_DATA_ROOT or ../shared/data.")
+    ev.add_argument("model", metavar="MODEL")
+    ev.add_argument("--tasks", default=None, metavar="T1,T2",
+                    help="comma-separated: mlm,nsp,stsb,sick,sst2,trec,fillmask (default: all)")
+    ev.add_argument("--corpus", default=None, metavar="PATH",
+                    help="held-out text for mlm/nsp (default: the corpus of the model's training config)")
+    ev.add_argument("--data-root", default=None, metavar="DIR",
+                    help="folder with stsb/, sick/, sst2/, trec/ (default: SSLPIPE_DATA_ROOT or ../shared/data)")
+    ev.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     return p
 
 
@@ -71,6 +92,15 @@ def _stop_ray() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "evaluate":                      # needs no --config
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from pipelines.evaluate import EvaluationError, ModelRefError, run_evaluate
+        try:
+            print(run_evaluate(args.model, args.tasks, args.corpus, args.data_root, args.json), flush=True)
+        except (EvaluationError, ModelRefError) as e:
+            print(f"sslpipe: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -93,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from pipelines.pretrain import InputError, run_pretrain
         try:
-            res = run_pretrain(cfg)
+            res = run_pretrain(cfg, resume=args.resume)
         except InputError as e:
             print(f"sslpipe: error: {e}", file=sys.stderr)
             return 2

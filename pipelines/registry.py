@@ -88,4 +88,25 @@ def log_and_register(model_dir: str | Path, registered_name: str,
     info = mlflow.transformers.log_model(
         transformers_model=pipe, name="model", pip_requirements=reqs,
         input_example=[example], registered_model_name=registered_name)
+    log_side_files(model_dir, info.model_id)
     return f"models:/{registered_name}/{info.registered_model_version}", info.model_uri
+
+
+def log_side_files(model_dir: str | Path, model_id: str) -> None:
+    """Add what the transformers flavour does not save (sentence-transformers pooling files, the
+    training config, extra heads) to the logged model under ``sslpipe/``: ``sslpipe evaluate
+    models:/...`` puts them back beside the weights."""
+    import shutil
+    import tempfile
+
+    import mlflow
+    from ssl_core.export import SIDE_FILES
+
+    present = [rel for rel in SIDE_FILES if (Path(model_dir) / rel).is_file()]
+    if not present:
+        return
+    with tempfile.TemporaryDirectory() as d:
+        for rel in present:
+            (Path(d) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(model_dir) / rel, Path(d) / rel)
+        mlflow.MlflowClient().log_model_artifacts(model_id, d, "sslpipe")

@@ -64,10 +64,15 @@ class ObjectivesConfig:
     mlm: bool = True              # masked language modeling
     nsp: bool = False             # next-sentence prediction pairs
     contrastive: bool = False     # two augmented views per text (InfoNCE)
+    mlm_weight: float = 1.0       # weights of the objectives in the summed loss
+    nsp_weight: float = 1.0
+    contrastive_weight: float = 1.0
 
     def validate(self) -> None:
         _check(self.mlm or self.nsp or self.contrastive, "enable at least one of objectives.mlm, "
                "objectives.nsp, objectives.contrastive")
+        for k in ("mlm_weight", "nsp_weight", "contrastive_weight"):
+            _check(getattr(self, k) >= 0, f"objectives.{k} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,13 @@ class ContrastiveConfig:
     view_a: str = "identity"      # augmentation chain of the first view, e.g. "crop:0.8,delete:0.1"
     view_b: str = "identity"      # ... and of the second (identity + identity = SimCSE dropout views)
     temperature: float = 0.05     # InfoNCE temperature τ
+    pooling: str = "mean"         # mean | cls: sentence embedding (also what the exported model pools)
+    projection: bool = False      # SimCSE-style MLP on the pooled embedding, used in training only
 
     def validate(self) -> None:
         from ssl_core.augment import parse_chain
         _check(self.temperature > 0, "contrastive.temperature must be > 0")
+        _check(self.pooling in ("mean", "cls"), f"contrastive.pooling must be mean or cls, got {self.pooling!r}")
         for name in ("view_a", "view_b"):
             try:
                 parse_chain(getattr(self, name))
@@ -127,6 +135,8 @@ class ContrastiveConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    arch: str = "bert"            # bert | roberta | any transformers model type with a masked-LM head
+    init_from: str = ""           # HF model directory to continue pretraining from (sizes below ignored)
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
@@ -134,6 +144,7 @@ class ModelConfig:
     dropout: float = 0.1
 
     def validate(self) -> None:
+        _check(bool(self.arch.strip()), "model.arch must name a transformers model type (bert, roberta, ...)")
         _check(self.hidden_size % self.num_heads == 0,
                "model.hidden_size must be a multiple of model.num_heads")
         _check(self.num_layers >= 1, "model.num_layers must be >= 1")
@@ -145,22 +156,53 @@ class TrainConfig:
     num_workers: int = 2          # Ray Train workers (DDP)
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
-    batch_size: int = 16          # sequences per worker per step
-    max_steps: int = 200
+    batch_size: int = 16          # sequences per worker per micro-step
+    grad_accum: int = 1           # micro-steps per optimizer step
+    max_steps: int = 200          # optimizer steps
+    max_minutes: float = 0.0      # > 0: time budget; the LR schedule fits it and training stops at it
     lr: float = 7e-4
+    lr_schedule: str = "linear"   # linear | cosine | constant (after warmup)
     weight_decay: float = 0.01
     warmup_steps: int = 20
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0        # max gradient norm (0 = off)
+    precision: str = "auto"       # auto (bf16 on GPU and on CPUs with native bf16) | bf16 | fp32
+    compile: bool = False         # torch.compile the encoder
     log_every: int = 10
+    checkpoint_every: int = 100   # steps between checkpoints (0 = only the final one)
+    keep_checkpoints: int = 2     # checkpoints kept on storage (the newest)
+    max_failures: int = 2         # worker failures survived by resuming from the last checkpoint
     seed: int = 0
 
     def validate(self) -> None:
+        _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
+        _check(self.max_minutes >= 0, "train.max_minutes must be >= 0")
+        _check(self.lr_schedule in ("linear", "cosine", "constant"),
+               f"train.lr_schedule must be linear, cosine or constant, got {self.lr_schedule!r}")
+        _check(self.precision in ("auto", "bf16", "fp32"),
+               f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+        _check(self.max_failures >= -1, "train.max_failures must be >= -1 (-1 = unlimited)")
         _check(self.num_workers >= 1, "train.num_workers must be >= 1")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker must be > 0")
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
         _check(self.max_steps >= 1, "train.max_steps must be >= 1")
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.log_every >= 1, "train.log_every must be >= 1")
+
+
+EVAL_TASKS = ("mlm", "nsp", "stsb", "sick", "sst2", "trec", "fillmask")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # run on the exported model after training (`sslpipe evaluate` runs any of them later); the
+    # fixed-15% MLM and NSP evaluation on the held-out split runs in the trainer anyway
+    tasks: str = "stsb,sick,sst2,trec"
+
+    def validate(self) -> None:
+        for t in (x.strip() for x in self.tasks.split(",") if x.strip()):
+            _check(t in EVAL_TASKS, f"eval.tasks: unknown task {t!r} (known: {', '.join(EVAL_TASKS)})")
 
 
 @dataclass(frozen=True)
@@ -180,6 +222,7 @@ class Config:
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     output_dir: str = "outputs"   # exported models and run files go under here
 

@@ -1,7 +1,13 @@
-"""Encoder + MLM head (a ``transformers`` BERT), the sparse MLM loss, and fixed-mask evaluation.
+"""The encoder (a ``transformers`` masked-LM model) and the module that trains it on the objectives.
 
-The saved model is a plain Hugging Face directory: ``AutoModelForMaskedLM.from_pretrained(dir)``
-and ``AutoTokenizer.from_pretrained(dir)`` load it with no code of ours.
+    hf = build_model(cfg.model, vocab_size, max_seq_len, pad_id)   # from a config, or init_from
+    module = PretrainModule.from_config(cfg, hf, pad_id)
+    loss, metrics = module(batch)                                  # batch: dict of tensors
+
+The encoder is any ``AutoModelForMaskedLM`` model type (``model.arch``: bert by default, roberta,
+...) built from a config with SDPA attention, or a local checkpoint directory
+(``model.init_from``) for continued pretraining. The saved model is a plain Hugging Face
+directory: ``AutoModelForMaskedLM`` / ``AutoModel`` / ``AutoTokenizer`` load it with no code of ours.
 """
 from __future__ import annotations
 
@@ -10,152 +16,210 @@ from typing import Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ssl_core.config import ModelConfig
+from ssl_core.config import Config, ModelConfig
 from ssl_core.masking import IGNORE_INDEX
+from ssl_core.objectives import OBJECTIVES, EncoderOutputs, Objective
+from ssl_core.objectives.contrastive import pool
+from ssl_core.objectives.mlm import mlm_loss
 
 EVAL_RATIO = 0.15      # MLM is always *evaluated* at 15%, whatever the training ratio
 EVAL_SEED = 1234
 
 
-def build_mlm_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int):
-    from transformers import BertConfig, BertForMaskedLM
-
-    conf = BertConfig(
-        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-        max_position_embeddings=max(max_seq_len, 64), type_vocab_size=2, pad_token_id=pad_id,
-    )
-    conf._attn_implementation = "sdpa"
-    return BertForMaskedLM(conf)
+class ModelError(ValueError):
+    """A model setting the user can fix (unknown arch, bad init_from directory)."""
 
 
-def mlm_loss_from_hidden(hidden: torch.Tensor, labels: torch.Tensor, head) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy over masked positions only; the vocabulary projection runs only there.
+def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int):
+    """A masked-LM model: loaded from ``cfg.init_from`` or built from scratch for ``cfg.arch``."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
 
-    hidden: (B, T, H) encoder output; labels: (B, T) with -100 at unmasked positions."""
-    sel = labels != IGNORE_INDEX                       # (B, T)
-    h = hidden[sel]                                    # (M, H)   M = masked positions
-    y = labels[sel]                                    # (M,)
-    logits = head(h).float()                           # (M, V)
-    loss = F.cross_entropy(logits, y)
-    with torch.no_grad():
-        correct = (logits.argmax(-1) == y).sum()
-    return loss, {"mlm_loss": loss.detach(), "mlm_correct": correct, "mlm_count": torch.tensor(y.numel())}
+    if cfg.init_from:
+        d = Path(cfg.init_from)
+        if not (d / "config.json").is_file():
+            raise ModelError(f"model.init_from '{d}' is not a Hugging Face model directory "
+                             "(no config.json)")
+        hf = AutoModelForMaskedLM.from_pretrained(d, attn_implementation="sdpa")
+        limit = getattr(hf.config, "max_position_embeddings", max_seq_len)
+        if max_seq_len > limit:
+            raise ModelError(f"data.max_seq_len {max_seq_len} exceeds the {limit} positions of "
+                             f"model.init_from '{d}'")
+        return hf
+    kw = dict(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+              num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+              hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+              max_position_embeddings=max(max_seq_len, 64), type_vocab_size=2, pad_token_id=pad_id)
+    if cfg.arch in ("roberta", "xlm-roberta", "camembert"):
+        # positions are counted from pad_id + 1
+        kw["max_position_embeddings"] = max(max_seq_len, 64) + pad_id + 2
+    try:
+        conf = AutoConfig.for_model(cfg.arch, **kw)
+    except ValueError:
+        raise ModelError(f"model.arch '{cfg.arch}' is not a transformers model type "
+                         "(bert, roberta, ...)") from None
+    if getattr(conf, "hidden_size", None) != cfg.hidden_size:
+        raise ModelError(f"model.arch '{cfg.arch}' does not take BERT-style size settings "
+                         "(hidden_size, num_layers, ...): use model.init_from with its own config")
+    try:
+        return AutoModelForMaskedLM.from_config(conf, attn_implementation="sdpa")
+    except ValueError as e:
+        if "sdpa" not in str(e).lower():
+            raise ModelError(f"model.arch '{cfg.arch}' has no masked-LM model: {e}") from None
+        return AutoModelForMaskedLM.from_config(conf)
 
 
-class MlmModule(torch.nn.Module):
-    """Training wrapper: forward = sparse MLM loss. DDP wraps this, ``.hf`` is what gets saved."""
+build_mlm_model = build_model
 
-    def __init__(self, hf_model):
+
+def mlm_head(hf) -> torch.nn.Module | None:
+    """The module mapping encoder states (.., H) to vocabulary logits (.., V), or None when the
+    model type keeps it inline (then the dense head of the full model is used)."""
+    for name in ("cls", "lm_head"):       # BERT-family, RoBERTa-family
+        head = getattr(hf, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    return None
+
+
+def encode(hf, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+           token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Last hidden states (B, T, H) of the encoder inside a masked-LM model."""
+    kw = {}
+    if token_type_ids is not None and getattr(hf.config, "type_vocab_size", 0) >= 2:
+        kw["token_type_ids"] = token_type_ids
+    return hf.base_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True,
+                         **kw).last_hidden_state
+
+
+class PretrainModule(torch.nn.Module):
+    """Every enabled objective on one encoder: ``forward(batch) -> (weighted loss, metrics)``.
+
+    One encoder pass over ``input_ids`` serves MLM and NSP; one pass over the stacked views serves
+    the contrastive objective. DDP wraps this module; ``.hf`` is what gets exported."""
+
+    def __init__(self, hf_model, objectives: dict[str, Objective], weights: dict[str, float],
+                 pad_id: int = 0):
         super().__init__()
         self.hf = hf_model
+        self.objectives = torch.nn.ModuleDict(objectives)
+        self.weights = dict(weights)
+        self.pad_id = pad_id
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        enc = self.hf.bert(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        return mlm_loss_from_hidden(enc.last_hidden_state, labels, self.hf.cls)
+    @classmethod
+    def from_config(cls, cfg: Config, hf_model, pad_id: int) -> "PretrainModule":
+        o = cfg.objectives
+        on = [n for n in OBJECTIVES if getattr(o, n)]
+        return cls(hf_model, {n: OBJECTIVES[n].from_config(cfg, hf_model) for n in on},
+                   {n: getattr(o, f"{n}_weight") for n in on}, pad_id)
+
+    def encode(self, batch: dict) -> EncoderOutputs:
+        out = EncoderOutputs()
+        streams = {o.stream for o in self.objectives.values()}
+        if "tokens" in streams:
+            x = batch["input_ids"]                                    # (B, T)
+            out.mask = (x != self.pad_id).long()
+            out.hidden = encode(self.hf, x, out.mask, batch.get("token_type_ids"))
+        if "views" in streams:
+            v = torch.cat([batch["view_a"], batch["view_b"]])         # (2B, T): one pass
+            out.view_mask = (v != self.pad_id).long()
+            out.view_hidden = encode(self.hf, v, out.view_mask)
+        return out
+
+    def forward(self, batch: dict):
+        out = self.encode(batch)
+        total, metrics = None, {}
+        for name, obj in self.objectives.items():
+            loss, m = obj(out, batch)
+            loss = loss * self.weights[name]
+            total = loss if total is None else total + loss
+            metrics.update(m)
+        return total, metrics
+
+    def extra_heads(self) -> dict[str, torch.Tensor]:
+        """Trained heads that are not part of the HF model (NSP head), for the export."""
+        out = {}
+        if "nsp" in self.objectives:
+            out.update({f"nsp_head.{k}": v.detach().cpu().contiguous()
+                        for k, v in self.objectives["nsp"].head.state_dict().items()})
+        return out
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of the token states over real tokens.  (B, T, H), (B, T) -> (B, H)"""
-    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE of paired embeddings (B, H): row i of ``a`` is positive with row i of ``b``, the
-    other rows of ``b`` are its negatives. Returns (loss, number of rows whose positive ranks first)."""
-    a = F.normalize(a.float(), dim=-1)
-    b = F.normalize(b.float(), dim=-1)
-    logits = a @ b.T / temperature                                  # (B, B)
-    target = torch.arange(len(a), device=a.device)
-    loss = F.cross_entropy(logits, target)
-    return loss, (logits.argmax(-1) == target).sum()
-
-
-class PretrainModule(torch.nn.Module):
-    """All enabled objectives on one encoder: forward(batch) -> (summed loss, metric tensors).
-
-    MLM: sparse cross-entropy at masked positions; NSP: 2-way head on [CLS] (training only);
-    contrastive: InfoNCE(τ) between mean-pooled views, the rest of the batch as negatives."""
-
-    def __init__(self, hf_model, mlm: bool = True, nsp: bool = False, contrastive: bool = False,
-                 temperature: float = 0.05, pad_id: int = 0):
-        super().__init__()
-        self.hf = hf_model
-        self.mlm, self.use_nsp, self.contrastive = mlm, nsp, contrastive
-        self.temperature = temperature
-        self.pad_id = pad_id
-        H = hf_model.config.hidden_size
-        self.nsp_head = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.Tanh(),
-                                            torch.nn.Linear(H, 2)) if nsp else None
-
-    def forward(self, batch: dict[str, torch.Tensor]):
-        total = None
-        m: dict[str, torch.Tensor] = {}
-        if self.mlm or self.use_nsp:
-            x = batch["input_ids"]                                   # (B, T)
-            enc = self.hf.bert(input_ids=x, attention_mask=(x != self.pad_id).long(),
-                               token_type_ids=batch.get("token_type_ids"), return_dict=True)
-            h = enc.last_hidden_state                                # (B, T, H)
-            if self.mlm:
-                loss, mm = mlm_loss_from_hidden(h, batch["labels"], self.hf.cls)
-                total = loss
-                m.update(mm)
-            if self.use_nsp:
-                logits = self.nsp_head(h[:, 0]).float()              # (B, 2)
-                y = batch["nsp_label"]
-                labeled = y != IGNORE_INDEX                          # one-sentence chunks: -100
-                n = labeled.sum()
-                loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX) if n > 0 \
-                    else logits.sum() * 0.0                         # keep the graph for DDP
-                total = loss if total is None else total + loss
-                m.update(nsp_loss=loss.detach(), nsp_correct=((logits.argmax(-1) == y) & labeled).sum(),
-                         nsp_count=n)
-        if self.contrastive:
-            v = torch.cat([batch["view_a"], batch["view_b"]])        # (2B, T): one encoder pass
-            att = (v != self.pad_id).long()
-            e = mean_pool(self.hf.bert(input_ids=v, attention_mask=att, return_dict=True).last_hidden_state, att)
-            ea, eb = e.chunk(2)
-            loss, correct = info_nce(ea, eb, self.temperature)
-            total = loss if total is None else total + loss
-            m.update(con_loss=loss.detach(), con_correct=correct, con_count=torch.tensor(len(ea)))
-        return total, m
+    return pool(hidden, attention_mask, "mean")
 
 
 def unwrap(model) -> torch.nn.Module:
-    """The Hugging Face model inside DDP / MlmModule / PretrainModule wrappers."""
-    while hasattr(model, "module") or isinstance(model, (MlmModule, PretrainModule)):
-        model = model.module if hasattr(model, "module") else model.hf
-    return model
+    """The Hugging Face model inside DDP / torch.compile / PretrainModule wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, PretrainModule):
+            model = model.hf
+        else:
+            return model
+
+
+def mlm_logits_at(hf, ids: torch.Tensor, mask: torch.Tensor, sel: torch.Tensor,
+                  token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Vocabulary logits (M, V) at the selected positions ``sel`` (B, T)."""
+    head = mlm_head(hf)
+    if head is None:
+        return hf(input_ids=ids, attention_mask=mask).logits[sel]
+    return head(encode(hf, ids, mask, token_type_ids)[sel])
 
 
 @torch.no_grad()
 def evaluate_mlm(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], pad_id: int,
                  batch_size: int = 64) -> dict[str, float]:
     """MLM loss/accuracy over (masked ids, labels) batches, masked at the fixed eval ratio/seed."""
-    inner = MlmModule(unwrap(model))
-    was_training = inner.training
-    inner.eval()
+    hf = unwrap(model)
+    was_training = hf.training
+    hf.eval()
     tot_loss, tot_correct, tot_n = 0.0, 0, 0
+    dev = next(hf.parameters()).device
     for ids, labels in batches:
         for i in range(0, len(ids), batch_size):
-            x = torch.as_tensor(np.asarray(ids[i:i + batch_size]), dtype=torch.long)
-            y = torch.as_tensor(np.asarray(labels[i:i + batch_size]), dtype=torch.long)
-            if not (y != IGNORE_INDEX).any():
+            x = torch.as_tensor(np.asarray(ids[i:i + batch_size]), dtype=torch.long, device=dev)
+            y = torch.as_tensor(np.asarray(labels[i:i + batch_size]), dtype=torch.long, device=dev)
+            sel = y != IGNORE_INDEX
+            if not sel.any():
                 continue
-            loss, m = inner(x, (x != pad_id).long(), y)
-            n = int(m["mlm_count"])
-            tot_loss += float(loss) * n
-            tot_correct += int(m["mlm_correct"])
-            tot_n += n
-    inner.train(was_training)
+            total, correct = mlm_loss(mlm_logits_at(hf, x, (x != pad_id).long(), sel), y[sel])
+            tot_loss += float(total)
+            tot_correct += int(correct)
+            tot_n += int(sel.sum())
+    hf.train(was_training)
     if tot_n == 0:
         return {"eval_mlm_loss": float("nan"), "eval_mlm_accuracy": float("nan"), "eval_tokens": 0}
     return {"eval_mlm_loss": tot_loss / tot_n, "eval_mlm_accuracy": tot_correct / tot_n,
             "eval_tokens": tot_n}
+
+
+@torch.no_grad()
+def evaluate_nsp(module: PretrainModule, batches: Iterable[dict], batch_size: int = 64) -> dict:
+    """NSP accuracy over held-out pair rows (dicts with input_ids, token_type_ids, nsp_label)."""
+    from ssl_core.objectives.nsp import nsp_loss
+    if "nsp" not in module.objectives:
+        return {}
+    was = module.training
+    module.eval()
+    dev = next(module.parameters()).device
+    correct = n = 0
+    for b in batches:
+        for i in range(0, len(b["input_ids"]), batch_size):
+            t = {k: torch.as_tensor(np.asarray(b[k][i:i + batch_size]), dtype=torch.long, device=dev)
+                 for k in ("input_ids", "token_type_ids", "nsp_label") if k in b}
+            x = t["input_ids"]
+            h = encode(module.hf, x, (x != module.pad_id).long(), t.get("token_type_ids"))
+            _, c, s = nsp_loss(module.objectives["nsp"].head(h[:, 0]), t["nsp_label"])
+            correct += int(c)
+            n += int(s)
+    module.train(was)
+    return {"eval_nsp_accuracy": correct / n if n else float("nan"), "eval_nsp_pairs": n}
 
 
 def save_hf(model, tokenizer_dir: str | Path, out_dir: str | Path) -> Path:

@@ -1,0 +1,298 @@
+"""Training speed on CPU: our training loop vs a plain Hugging Face BertForMaskedLM fp32 loop.
+
+BERT-small (4 layers, hidden 512, 8 heads, intermediate 2048, WordPiece 8k trained here on War and
+Peace), sequences of 128, the same packed rows (``local_batches``), the same batch size, the same
+masks (15%, 80/10/10), both cores, in one process, interleaved rounds (ours, reference, ours, ...).
+
+* OURS:      ``pipelines.train.train_loop`` through ``run_local`` (a ``LocalSession``, no Ray):
+             ``train.cpus_per_worker=2`` (the loop sets the threads), ``precision=auto`` (bf16 on a
+             CPU with native bf16), logits only at the masked positions, masks drawn in the loop;
+             no eval (empty val list), ``checkpoint_every=0``. Timed with the loop's own window
+             metrics (``tokens_per_s`` every ``log_every`` steps), the first window (warm-up)
+             dropped; the final checkpoint/export after the loop is not in any window.
+* REFERENCE: ``BertForMaskedLM`` fp32, ``model(input_ids, attention_mask, labels=labels)`` with
+             dense logits, AdamW (PyTorch defaults), grad clipping at 1.0 like ours,
+             ``torch.set_num_threads(2)``; per-step wall time, the first steps dropped.
+
+MFU = ours' achieved model FLOP/s (``ssl_core.perf.encoder_flops``: encoder FLOPs per real token
++ head FLOPs per masked token) ÷ ``measure_peak_flops`` in bf16 with the same two threads (the
+same call the loop makes). The formula is cross-checked once against
+``torch.utils.flop_counter.FlopCounterMode`` on one training step.
+
+    python benchmarks/train_speed.py [--batch 32] [--steps 12] [--ref-steps 6] [--rounds 3]
+                                     [--profile]      # + a torch.profiler table of one step of ours
+
+Ends with ``RATIO train_speed <ours tok/s ÷ reference tok/s>`` and ``RATIO mfu_cpu <x>``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+import torch
+
+DATA = ROOT.parent / "shared" / "data"
+THREADS = 2
+SIZE = ["model.hidden_size=512", "model.num_layers=4", "model.num_heads=8",
+        "model.intermediate_size=2048", "tokenizer.vocab_size=8000", "data.max_seq_len=128"]
+
+
+def make_config(corpus: Path, batch: int, steps: int, log_every: int, extra=()):
+    from pipelines import cli  # noqa: F401  (registers the shipped configs)
+    from ssl_core.config import load_config
+    return load_config("default", SIZE + [
+        f"data.corpus={corpus}", "data.shuffle_buffer=0", f"train.batch_size={batch}",
+        f"train.max_steps={steps}", f"train.warmup_steps={max(1, steps // 10)}",
+        f"train.cpus_per_worker={THREADS}", "train.num_workers=1", "train.checkpoint_every=0",
+        f"train.log_every={log_every}", "train.precision=auto", *extra])
+
+
+def tokenizer(corpus: Path, out: Path) -> str:
+    from ssl_core.text import resolve_corpus, sample_documents
+    from ssl_core.tokenizer import train_wordpiece
+    texts = sample_documents(resolve_corpus(str(corpus)), 20000, min_chars=20)
+    return str(train_wordpiece(texts, out, vocab_size=8000, model_max_length=128))
+
+
+def masked_rows(cfg, tok_dir: str, rows: list[dict]):
+    """The masks the loop draws (same masker, seed, keys), for the reference."""
+    from ssl_core.examples import ExampleBuilder
+    from ssl_core.masking import row_keys
+    masker = ExampleBuilder(cfg, tok_dir).masker()
+    out = []
+    for b in rows:
+        ids, lab = masker.keyed(b["input_ids"], seed=cfg.masking.seed,
+                                keys=row_keys(b["input_ids"], cfg.masking.seed, b["epoch"]),
+                                word_start=b["word_start"].astype(bool), ratio=cfg.masking.ratio)
+        out.append((torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(lab, dtype=torch.long),
+                    float(b["num_tokens"].sum())))
+    return out
+
+
+def run_ours(cfg, tok_dir: str, rows: list[dict]) -> list[dict]:
+    """One ``run_local``; returns the loop's window metrics (one per log_every steps)."""
+    from pipelines.train import run_local
+    _, sess = run_local(cfg, tok_dir, train_batches=[dict(b) for b in rows], val_batches=[],
+                        out_dir=None, device="cpu")
+    seen, wins = set(), []
+    for m in sess.reported:
+        if "tokens_per_s" in m and m["step"] not in seen:
+            seen.add(m["step"])
+            wins.append(m)
+    return wins
+
+
+def reference_model(cfg, vocab: int, pad: int):
+    from transformers import BertConfig, BertForMaskedLM
+    mc = cfg.model
+    conf = BertConfig(vocab_size=vocab, hidden_size=mc.hidden_size, num_hidden_layers=mc.num_layers,
+                      num_attention_heads=mc.num_heads, intermediate_size=mc.intermediate_size,
+                      hidden_dropout_prob=mc.dropout, attention_probs_dropout_prob=mc.dropout,
+                      max_position_embeddings=max(cfg.data.max_seq_len, 64), type_vocab_size=2,
+                      pad_token_id=pad)
+    model = BertForMaskedLM(conf)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return model, opt
+
+
+def run_reference(model, opt, batches, pad: int, steps: int, offset: int) -> list[float]:
+    """Per-step (seconds, tokens) of the plain fp32 loop."""
+    torch.set_num_threads(THREADS)
+    model.train()
+    out = []
+    for i in range(steps):
+        ids, labels, ntok = batches[(offset + i) % len(batches)]
+        t = time.perf_counter()
+        loss = model(input_ids=ids, attention_mask=(ids != pad).long(), labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        out.append((time.perf_counter() - t, ntok))
+    return out
+
+
+def flop_check(cfg, tok_dir: str, rows: list[dict], batches) -> None:
+    """encoder_flops vs FlopCounterMode on one bf16 training step of our module."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ssl_core.examples import ExampleBuilder
+    from ssl_core.model import PretrainModule, build_model
+    from ssl_core.perf import encoder_flops
+    b = ExampleBuilder(cfg, tok_dir)
+    hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
+    module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
+    ids, labels, ntok = batches[0]
+    f_tok, f_pred = encoder_flops(hf.config, cfg.data.max_seq_len)
+    n_masked = int((labels != -100).sum())
+    slots = ids.numel()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = module({"input_ids": ids, "labels": labels})
+        loss.backward()
+    counted = counter.get_total_flops()
+    by_op = {str(k).split(".")[-2] if "." in str(k) else str(k): v
+             for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    H, L, T = hf.config.hidden_size, hf.config.num_hidden_layers, cfg.data.max_seq_len
+    attn = 3 * 4 * L * T * H * slots                  # what the formula puts on attention
+    formula_slots = slots * f_tok + n_masked * f_pred
+    formula_real = ntok * f_tok + n_masked * f_pred
+    print(f"FLOP check, one step ({ids.shape[0]}x{T}, {int(ntok)} real tokens, {n_masked} masked):")
+    print(f"  encoder_flops: {f_tok / 1e6:.1f} MFLOP/token + {f_pred / 1e6:.2f} MFLOP/masked token"
+          f" -> {formula_real / 1e9:.1f} GFLOP (real tokens, as the loop counts) / "
+          f"{formula_slots / 1e9:.1f} GFLOP (all slots)")
+    print(f"  FlopCounterMode: {counted / 1e9:.1f} GFLOP  by op: " +
+          ", ".join(f"{k} {v / 1e9:.1f}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])))
+    if not any("scaled_dot_product" in k for k in by_op):
+        print(f"  (FlopCounterMode has no formula for CPU SDPA kernels: attention, "
+              f"{attn / 1e9:.1f} GFLOP by the formula, is missing from its count; "
+              f"counted + attention = {(counted + attn) / 1e9:.1f} GFLOP, "
+              f"{(counted + attn) / formula_slots:.3f} x the formula over all slots)")
+    else:
+        print(f"  counted / formula(all slots) = {counted / formula_slots:.3f}")
+
+
+def profile_step(cfg, tok_dir: str, rows: list[dict], steps: int = 3) -> None:
+    """torch.profiler over a few bf16 steps of our module, as the loop runs them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ssl_core.examples import ExampleBuilder
+    from ssl_core.masking import row_keys
+    from ssl_core.model import PretrainModule, build_model
+    torch.set_num_threads(THREADS)
+    b = ExampleBuilder(cfg, tok_dir)
+    hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
+    module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.01)
+    masker = b.masker()
+    module.train()
+
+    def step(batch):
+        with torch.profiler.record_function("## mask+to_tensor"):
+            ids, lab = masker.keyed(batch["input_ids"], seed=0, keys=row_keys(batch["input_ids"], 0, batch["epoch"]),
+                                    word_start=batch["word_start"].astype(bool))
+            t = {"input_ids": torch.from_numpy(ids.astype(np.int64)), "labels": torch.from_numpy(lab.astype(np.int64))}
+        with torch.profiler.record_function("## forward"):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, _ = module(t)
+        with torch.profiler.record_function("## backward"):
+            loss.backward()
+        with torch.profiler.record_function("## clip_grad_norm"):
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        with torch.profiler.record_function("## optimizer"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    for bt in rows[:2]:
+        step(dict(bt))                                  # warm up (oneDNN kernels, optimizer state)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for bt in rows[2:2 + steps]:
+            step(dict(bt))
+    ev = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ev)
+    print(f"\nPROFILE: {steps} steps of ours, {total / 1e3 / steps:.0f} ms/step of self CPU time")
+    print("  phases (wall, incl. children):")
+    for e in sorted(ev, key=lambda e: -e.cpu_time_total):
+        if e.key.startswith("## "):
+            print(f"    {e.key[3:]:18s} {e.cpu_time_total / 1e3 / steps:8.1f} ms/step")
+    print("  top ops by self CPU time:")
+    for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:22]:
+        if e.key.startswith("## "):
+            continue
+        print(f"    {e.key[:52]:52s} {e.self_cpu_time_total / 1e3 / steps:8.1f} ms/step "
+              f"{100 * e.self_cpu_time_total / total:5.1f}%  x{e.count // steps}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=12, help="steps of ours per round")
+    ap.add_argument("--ref-steps", type=int, default=6, help="steps of the reference per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--log-every", type=int, default=2)
+    ap.add_argument("--corpus", default=str(DATA / "warpeace" / "train.txt"))
+    ap.add_argument("--profile", action="store_true", help="also profile a few steps of ours")
+    args = ap.parse_args()
+    corpus = Path(args.corpus)
+    if not corpus.is_file():
+        sys.exit(f"corpus {corpus} not found (the shared data folder is missing)")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.set_num_threads(THREADS)
+
+    from pipelines.train import local_batches
+    from ssl_core.perf import encoder_flops, measure_peak_flops
+    from ssl_core.tokenizer import load_fast, special_ids
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        tok_dir = tokenizer(corpus, Path(tmp) / "tok")
+        cfg = make_config(corpus, args.batch, args.steps, args.log_every)
+        n_rows = max(args.steps, args.ref_steps * args.rounds) + 4
+        rows = list(local_batches(cfg, tok_dir, "train", 1, batch_size=args.batch, max_rows=args.batch * n_rows))
+        assert len(rows) >= args.steps, f"only {len(rows)} batches of {args.batch} rows"
+        pad = special_ids(load_fast(tok_dir))["pad"]
+        vocab = load_fast(tok_dir).get_vocab_size()
+        batches = masked_rows(cfg, tok_dir, rows)
+        slots = rows[0]["input_ids"].size
+        print(f"setup {time.perf_counter() - t0:.1f}s: WordPiece {vocab}, {len(rows)} batches of "
+              f"{args.batch}x{cfg.data.max_seq_len}, packing "
+              f"{np.mean([b[2] for b in batches]) / slots:.3f}, masked/token "
+              f"{np.mean([(b[1] != -100).sum().item() / b[2] for b in batches]):.4f}, threads {THREADS}")
+
+        flop_check(cfg, tok_dir, rows, batches)
+
+        ref_model, ref_opt = reference_model(cfg, vocab, pad)
+        ours_tps, ref_tps, peaks, ours_mfu_metric, ours_step = [], [], [], [], []
+        for r in range(args.rounds):
+            torch.set_num_threads(THREADS)
+            peaks.append(measure_peak_flops(torch.device("cpu"), torch.bfloat16))
+            wins = run_ours(cfg, tok_dir, rows[:args.steps])
+            steady = [w for w in wins if w["step"] > args.log_every]   # first window = warm-up
+            ours_tps += [w["tokens_per_s"] for w in steady]
+            ours_mfu_metric += [w["mfu"] for w in steady]
+            ours_step += [w["step_time_s"] for w in steady]
+            ref = run_reference(ref_model, ref_opt, batches, pad, args.ref_steps, r * args.ref_steps)
+            steady_ref = ref[2:] if len(ref) > 3 else ref[1:]          # first steps = warm-up
+            ref_tps += [n / s for s, n in steady_ref]
+            print(f"round {r + 1}: ours {statistics.median(w['tokens_per_s'] for w in steady):,.0f} tok/s "
+                  f"({len(steady)} windows) | reference {statistics.median(n / s for s, n in steady_ref):,.0f} "
+                  f"tok/s ({len(steady_ref)} steps) | bf16 GEMM peak {peaks[-1] / 1e9:,.0f} GFLOP/s")
+
+        ours, ref = statistics.median(ours_tps), statistics.median(ref_tps)
+        f_tok, f_pred = encoder_flops(ref_model.config, cfg.data.max_seq_len)
+        masked_per_tok = float(np.mean([(b[1] != -100).sum().item() / b[2] for b in batches]))
+        achieved = ours * (f_tok + masked_per_tok * f_pred)
+        peak = statistics.median(peaks)
+        ref_dense = ref * (f_tok + f_pred)      # the reference's head runs on every token
+        print(f"ours      median {ours:9,.0f} tok/s  step {statistics.median(ours_step):.3f}s  "
+              f"{achieved / 1e9:6.1f} GFLOP/s  (loop's own mfu metric: median {statistics.median(ours_mfu_metric):.3f})")
+        print(f"reference median {ref:9,.0f} tok/s  step {args.batch * cfg.data.max_seq_len / ref:.3f}s  "
+              f"{ref_dense / 1e9:6.1f} GFLOP/s incl. its dense head (fp32)")
+        print(f"bf16 GEMM peak (measure_peak_flops, 1024^2, {THREADS} threads): median "
+              f"{peak / 1e9:,.0f} GFLOP/s over rounds {[round(p / 1e9) for p in peaks]}")
+        for n in (2048, 4096):
+            p = measure_peak_flops(torch.device("cpu"), torch.bfloat16, n=n)
+            print(f"  (bf16 peak at {n}^2: {p / 1e9:,.0f} GFLOP/s; MFU against it {achieved / p:.3f})")
+        pf = measure_peak_flops(torch.device("cpu"), torch.float32)
+        print(f"  (fp32 peak at 1024^2: {pf / 1e9:,.0f} GFLOP/s; reference's fp32 MFU {ref_dense / pf:.3f})")
+        if args.profile:
+            profile_step(cfg, tok_dir, rows)
+        print(f"RATIO train_speed {ours / ref:.2f}")
+        print(f"RATIO mfu_cpu {achieved / peak:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Export a trained encoder as one plain Hugging Face directory that three libraries load as is.
+
+    from ssl_core.export import export_model
+    out = export_model(hf_mlm_model, tokenizer_dir, "outputs/model", pooling="mean",
+                       max_seq_len=128, extra_heads={"nsp_head.0.weight": ...}, config_dict=cfg.to_dict())
+
+The directory holds
+
+* ``config.json`` + ``model.safetensors`` (``save_pretrained`` of the ``*ForMaskedLM`` model) and the
+  tokenizer files: ``AutoModelForMaskedLM``, ``AutoModel`` and ``AutoTokenizer`` load it offline;
+* the sentence-transformers (v6) module files ``modules.json``, ``sentence_bert_config.json``,
+  ``1_Pooling/config.json`` and ``config_sentence_transformers.json``: ``SentenceTransformer(dir)``
+  loads it with no code of ours and pools as trained (``mean`` over real tokens, or ``cls``);
+* optionally ``sslpipe_heads.safetensors`` (heads that are not part of the HF model, e.g. the NSP
+  head; Hugging Face ignores the file) and ``sslpipe_config.json`` (the training config).
+
+Written without importing sentence-transformers (a test-only dependency).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                       # torch is imported where it is used: fast CLI errors
+    import torch
+
+POOLINGS = ("mean", "cls")
+HEADS_FILE = "sslpipe_heads.safetensors"
+CONFIG_FILE = "sslpipe_config.json"
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+            "1_Pooling/config.json")
+# What a plain transformers save (e.g. MLflow's fill-mask model) does not carry: the files that make
+# the directory a sentence-transformers model and the sslpipe extras (paths relative to the dir).
+SIDE_FILES = ST_FILES + (HEADS_FILE, CONFIG_FILE)
+
+# Files of a tokenizer directory worth copying (a full model directory, e.g. a sentence-transformers
+# one, may be given as the tokenizer directory: its weights and module files are not copied).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+# sentence-transformers v6 class paths (the pre-v6 ``sentence_transformers.models.*`` still load,
+# through a deprecation shim).
+_ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
+_ST_POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def copy_tokenizer(tokenizer_dir: str | Path, out: Path, model_max_length: int) -> None:
+    """Copy the tokenizer files; ``model_max_length`` is set to what the model was trained on, and
+    fixed padding / truncation baked into ``tokenizer.json`` (some published tokenizers carry one)
+    is dropped, so the raw ``tokenizers.Tokenizer`` encodes text unpadded."""
+    src = Path(tokenizer_dir)
+    if not (src / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"tokenizer directory '{src}' has no tokenizer.json")
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and (src / name).resolve() != (out / name).resolve():
+            shutil.copy2(src / name, out / name)
+    tj = out / "tokenizer.json"
+    data = json.loads(tj.read_text(encoding="utf-8"))
+    if data.get("padding") is not None or data.get("truncation") is not None:
+        data["padding"] = data["truncation"] = None
+        tj.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    tc = out / "tokenizer_config.json"
+    conf = json.loads(tc.read_text(encoding="utf-8")) if tc.is_file() else {}
+    conf["model_max_length"] = int(model_max_length)
+    _write_json(tc, conf)
+
+
+def write_sentence_transformers_files(out: Path, hidden_size: int, pooling: str, max_seq_len: int,
+                                      model_kwargs: dict | None = None) -> None:
+    """The module files ``SentenceTransformer(out)`` needs: Transformer (this directory) → Pooling."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    st_conf = {
+        "max_seq_length": int(max_seq_len),
+        "do_lower_case": False,
+        "transformer_task": "feature-extraction",
+        "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+        "module_output_name": "token_embeddings",
+    }
+    if model_kwargs:
+        st_conf["model_kwargs"] = model_kwargs
+    _write_json(out / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": _ST_TRANSFORMER},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": _ST_POOLING},
+    ])
+    _write_json(out / "sentence_bert_config.json", st_conf)
+    _write_json(out / "1_Pooling" / "config.json",
+                {"embedding_dimension": int(hidden_size), "pooling_mode": pooling, "include_prompt": True})
+    versions = {k: v for k, v in (("sentence_transformers", _version("sentence-transformers")),
+                                  ("transformers", _version("transformers")),
+                                  ("pytorch", _version("torch"))) if v}
+    _write_json(out / "config_sentence_transformers.json", {
+        "__version__": versions, "model_type": "SentenceTransformer", "prompts": {},
+        "default_prompt_name": None, "similarity_fn_name": "cosine",
+    })
+
+
+def _unwrap(model) -> "torch.nn.Module":
+    """The Hugging Face model inside DDP (``.module``) / training wrappers (``.hf``)."""
+    while not hasattr(model, "save_pretrained"):
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "hf"):
+            model = model.hf
+        else:
+            raise TypeError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)")
+    return model
+
+
+def _encoder_kwargs(model) -> dict:
+    """``add_pooling_layer=False`` when the bare encoder class takes it (BERT, RoBERTa, ...): the MLM
+    checkpoint has no pooler, and pooling is done by the Pooling module, so none is built."""
+    import inspect
+
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if base is not None and "add_pooling_layer" in inspect.signature(type(base).__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
+
+
+def export_model(hf_model, tokenizer_dir: str | Path, out_dir: str | Path, *, pooling: str = "mean",
+                 max_seq_len: int = 128, extra_heads: dict[str, "torch.Tensor"] | None = None,
+                 config_dict: dict | None = None) -> Path:
+    """Write ``hf_model`` (a ``*ForMaskedLM``, or a wrapper around one) + tokenizer + the
+    sentence-transformers module files (+ extra heads, + training config) into ``out_dir``."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    model = _unwrap(hf_model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)                              # config.json + model.safetensors
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    # RoBERTa-style position ids start after the padding index: usable length is smaller.
+    if max_pos and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        max_pos -= (model.config.pad_token_id or 0) + 1
+    length = min(int(max_seq_len), int(max_pos)) if max_pos else int(max_seq_len)
+    copy_tokenizer(tokenizer_dir, out, length)
+    write_sentence_transformers_files(out, model.config.hidden_size, pooling, length,
+                                      _encoder_kwargs(model))
+    heads = out / HEADS_FILE
+    if extra_heads:
+        import torch
+        from safetensors.torch import save_file
+        save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in extra_heads.items()},
+                  str(heads))
+    elif heads.exists():
+        heads.unlink()                                      # stale heads of an earlier export
+    if config_dict is not None:
+        _write_json(out / CONFIG_FILE, config_dict)
+    return out

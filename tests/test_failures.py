@@ -1,0 +1,153 @@
+"""Failures with real processes and real kills.
+
+1. A Ray Train worker process is SIGKILLed mid-run (its PID from the Ray state API): Ray Train
+   restarts the worker group, the loop resumes from the last checkpoint and reaches the target step.
+2. The driver (`sslpipe pretrain`) is SIGKILLed mid-run; `sslpipe pretrain --resume` continues the
+   run from its last checkpoint, not from step 0, in the same MLflow run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("**/checkpoint_*") if (p / "trainer_state.json").is_file())
+
+
+def _step(ckpt: Path) -> int:
+    return json.loads((ckpt / "trainer_state.json").read_text())["step"]
+
+
+def _wait_for(pred, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def test_worker_killed_mid_run_resumes_from_checkpoint(tmp_path, ray_session, shakespeare,
+                                                       monkeypatch, capfd):
+    import pipelines.cli  # noqa: F401  (registers the shipped configs)
+    from ray.util.state import list_actors
+
+    from pipelines.pretrain import run_pretrain
+    from ssl_core.config import load_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    steps, every = 120, 20
+    cfg = load_config("tiny", [f"data.corpus={shakespeare}", f"train.max_steps={steps}",
+                               f"train.checkpoint_every={every}", "train.keep_checkpoints=2",
+                               "train.max_failures=2", "eval.tasks=",
+                               "mlflow.run_name=killworker", "mlflow.registered_model=kill-tiny"])
+    out: dict = {}
+
+    def run():
+        try:
+            out["res"] = run_pretrain(cfg, workdir=tmp_path)
+        except BaseException as e:   # surfaced by the assertions below
+            out["err"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    ray_dir = tmp_path / "outputs" / "killworker" / "ray"
+    # a checkpoint directory appears before Ray Train has registered it: wait for the second,
+    # then the first is certainly registered
+    seen = _wait_for(lambda: len(_checkpoints(ray_dir)) >= 2 and _checkpoints(ray_dir), 600,
+                     "two checkpoints")
+    killed_after = _step(seen[-2])
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                               ("state", "=", "ALIVE")])]
+    assert len(workers) == 2, workers
+    victim = workers[1]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    t.join(timeout=900)
+    assert not t.is_alive(), "training did not finish after the worker was killed"
+    assert "err" not in out, out.get("err")
+    res = out["res"]
+    assert res.metrics["step"] == steps
+    logs = capfd.readouterr()
+    text = logs.out + logs.err
+    resumed = [int(line.split("resumed from checkpoint at step ")[1].split()[0])
+               for line in text.splitlines() if "resumed from checkpoint at step " in line]
+    assert resumed and resumed[0] >= killed_after > 0, text[-3000:]
+    assert resumed[0] % every == 0 and resumed[0] < steps
+    ckpts = _checkpoints(ray_dir)
+    assert len(ckpts) == 2       # keep_checkpoints (unregistered leftovers of the dead attempt removed)
+    assert _step(ckpts[-1]) == steps and (ckpts[-1] / "model" / "config.json").is_file()
+    assert res.model_dir.is_dir()
+    alive = {a["pid"] for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                                    ("state", "=", "ALIVE")])}
+    assert victim not in alive
+
+
+def test_driver_killed_then_resume(tmp_path, shakespeare):
+    ray_tmp = Path(f"/tmp/rayd{os.getpid()}")       # short: Ray's socket paths are limited
+    # explicit store: an earlier in-process run may have left MLFLOW_TRACKING_URI in os.environ
+    env = {"RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": "",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    steps, every = 200, 20
+    args = ["pretrain", "--config", "tiny", "--set", f"data.corpus={shakespeare}",
+            "--set", f"train.max_steps={steps}", "--set", f"train.checkpoint_every={every}",
+            "--set", "eval.tasks=", "--set", "mlflow.run_name=killdriver",
+            "--set", "mlflow.registered_model=resume-tiny"]
+    exe = Path(sys.executable).parent / "sslpipe"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, env=dict(os.environ, **env),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ray_dir = tmp_path / "outputs" / "killdriver" / "ray"
+        _wait_for(lambda: proc.poll() is not None or len(_checkpoints(ray_dir)) >= 2, 600,
+                  "two checkpoints")
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)                 # the driver only, not its process group
+        proc.wait(timeout=30)
+    finally:
+        log.close()
+    killed_at = sorted(_step(c) for c in _checkpoints(ray_dir))[-2]   # registered for sure
+    assert 0 < killed_at < steps
+    # what the driver had started dies with it (Ray's reaper); clean up whatever did not
+    time.sleep(3)
+    subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
+    assert not (tmp_path / "outputs" / "killdriver" / "model").exists()
+
+    res = run_cli("pretrain", "--resume", "killdriver", cwd=tmp_path, env=env, timeout=900)
+    subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
+    text = res.stdout + res.stderr
+    assert res.returncode == 0, text[-4000:]
+    assert "resuming run 'killdriver'" in text
+    resumed = [int(line.split("resumed from checkpoint at step ")[1].split()[0])
+               for line in text.splitlines() if "resumed from checkpoint at step " in line]
+    assert resumed and resumed[0] >= killed_at, text[-3000:]
+    assert f"step {steps}/{steps}" in text
+    assert f"step {every}/{steps} |" not in text             # the early steps were not trained again
+    model_dir = Path(res.stdout.strip().splitlines()[-1])
+    assert (model_dir / "config.json").is_file()
+    run = json.loads((tmp_path / "outputs" / "killdriver" / "run.json").read_text())
+    import mlflow
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    r = client.get_run(run["mlflow_run_id"])
+    assert r.info.status == "FINISHED"                        # the same MLflow run, finished
+    hist = sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss"))
+    assert hist[0] <= killed_at and hist[-1] == steps
+    shutil_rm(ray_tmp)
+
+
+def shutil_rm(p: Path) -> None:
+    import shutil
+    shutil.rmtree(p, ignore_errors=True)
