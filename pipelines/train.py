@@ -427,8 +427,12 @@ def export(module: PretrainModule, config: dict, out: Path) -> Path:
 
 def train_func(config: dict) -> None:
     """Ray Train entry point (one call per worker)."""
-    for name in ("ray.train", "ray.train.v2._internal.execution.context"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Train V2 logs every report at INFO on a logger named after its file: progress is ours
+    try:
+        from ray.train.v2._internal.execution import context as _ctx
+        logging.getLogger(_ctx.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
     train_loop(config, RaySession())
 
 
