@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         dest="overrides", help="override one config key (repeatable)")
 
-    pre = sub.add_parser("pretrain", help="train a tokenizer and an MLM encoder, register it in MLflow",
+    pre = sub.add_parser("pretrain", help="pretrain an encoder (MLM, NSP, contrastive), evaluate it, register it in MLflow",
                          description="Corpus -> Ray Data (tokenize, pack, mask) -> Ray Train (DDP) -> "
                                      "MLflow Model Registry. Uses RAY_ADDRESS and MLFLOW_TRACKING_URI "
                                      "when set; a local Ray and ./mlflow.db otherwise.")

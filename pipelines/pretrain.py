@@ -192,9 +192,11 @@ def run_pretrain(cfg: Config, workdir: str | Path | None = None, resume: str | N
         out_root = Path(cfg.output_dir)
         out_root = (out_root if out_root.is_absolute() else workdir / out_root) / run_name
     shards = corpus_shards(cfg)
-    if cfg.model.init_from and not (Path(cfg.model.init_from) / "config.json").is_file():
-        raise InputError(f"model.init_from '{cfg.model.init_from}' is not a Hugging Face model "
-                         "directory (no config.json)")
+    from ssl_core.model import ModelError, check_model_config
+    try:
+        check_model_config(cfg.model, cfg.data.max_seq_len)
+    except ModelError as e:
+        raise InputError(str(e)) from None
     if prior.get("tokenizer_dir") and Path(prior["tokenizer_dir"]).is_dir():
         tok_dir = Path(prior["tokenizer_dir"])
     else:

@@ -35,17 +35,9 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int
     """A masked-LM model: loaded from ``cfg.init_from`` or built from scratch for ``cfg.arch``."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
+    check_model_config(cfg, max_seq_len)
     if cfg.init_from:
-        d = Path(cfg.init_from)
-        if not (d / "config.json").is_file():
-            raise ModelError(f"model.init_from '{d}' is not a Hugging Face model directory "
-                             "(no config.json)")
-        hf = AutoModelForMaskedLM.from_pretrained(d, attn_implementation="sdpa")
-        limit = getattr(hf.config, "max_position_embeddings", max_seq_len)
-        if max_seq_len > limit:
-            raise ModelError(f"data.max_seq_len {max_seq_len} exceeds the {limit} positions of "
-                             f"model.init_from '{d}'")
-        return hf
+        return AutoModelForMaskedLM.from_pretrained(cfg.init_from, attn_implementation="sdpa")
     kw = dict(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
               num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
               hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
@@ -53,11 +45,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int
     if cfg.arch in ("roberta", "xlm-roberta", "camembert"):
         # positions are counted from pad_id + 1
         kw["max_position_embeddings"] = max(max_seq_len, 64) + pad_id + 2
-    try:
-        conf = AutoConfig.for_model(cfg.arch, **kw)
-    except ValueError:
-        raise ModelError(f"model.arch '{cfg.arch}' is not a transformers model type "
-                         "(bert, roberta, ...)") from None
+    conf = AutoConfig.for_model(cfg.arch, **kw)
     if getattr(conf, "hidden_size", None) != cfg.hidden_size:
         raise ModelError(f"model.arch '{cfg.arch}' does not take BERT-style size settings "
                          "(hidden_size, num_layers, ...): use model.init_from with its own config")
@@ -70,6 +58,28 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int
 
 
 build_mlm_model = build_model
+
+
+def check_model_config(cfg: ModelConfig, max_seq_len: int) -> None:
+    """ModelError (one line) for a model setting that cannot work, without building the model."""
+    import json
+
+    from transformers import AutoConfig
+    if cfg.init_from:
+        f = Path(cfg.init_from) / "config.json"
+        if not f.is_file():
+            raise ModelError(f"model.init_from '{cfg.init_from}' is not a Hugging Face model "
+                             "directory (no config.json)")
+        limit = json.loads(f.read_text()).get("max_position_embeddings", max_seq_len)
+        if max_seq_len > limit:
+            raise ModelError(f"data.max_seq_len {max_seq_len} exceeds the {limit} positions of "
+                             f"model.init_from '{cfg.init_from}'")
+        return
+    try:
+        AutoConfig.for_model(cfg.arch)
+    except ValueError:
+        raise ModelError(f"model.arch '{cfg.arch}' is not a transformers model type "
+                         "(bert, roberta, ...)") from None
 
 
 def mlm_head(hf) -> torch.nn.Module | None:

@@ -47,3 +47,13 @@ def test_help_lists_commands_and_config_keys(tmp_path):
     assert res.returncode == 0 and "--set" in res.stdout and "--config" in res.stdout
     res = run_cli("--help", cwd=tmp_path)
     assert res.returncode == 0 and "masking.ratio" in res.stdout and "data.corpus" in res.stdout
+
+
+def test_bad_model_settings_and_resume(tmp_path):
+    assert_clean_error(run_cli("pretrain", "--config", "tiny", "--set", "model.arch=nosuchmodel",
+                               cwd=tmp_path, timeout=120), "model.arch", "nosuchmodel")
+    assert_clean_error(run_cli("pretrain", "--config", "tiny", "--set", "model.init_from=/no/model",
+                               cwd=tmp_path, timeout=120), "model.init_from", "/no/model")
+    assert_clean_error(run_cli("pretrain", "--resume", cwd=tmp_path, timeout=120), "no run to resume")
+    assert_clean_error(run_cli("pretrain", "--resume", "ghost", cwd=tmp_path, timeout=120), "ghost")
+    assert_clean_error(run_cli("pretrain", "--set", "train.precision=fp16", cwd=tmp_path), "train.precision")
