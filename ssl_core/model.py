@@ -89,7 +89,15 @@ def mlm_head(hf) -> torch.nn.Module | None:
         head = getattr(hf, name, None)
         if isinstance(head, torch.nn.Module):
             return head
+    for parts in _HEAD_PARTS:             # heads kept as several attributes
+        mods = [getattr(hf, n, None) for n in parts]
+        if all(isinstance(m, torch.nn.Module) for m in mods):
+            return torch.nn.Sequential(*mods)
     return None
+
+
+_HEAD_PARTS = (("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),  # DistilBERT
+               ("generator_predictions", "generator_lm_head"))                            # ELECTRA
 
 
 def encode(hf, input_ids: torch.Tensor, attention_mask: torch.Tensor,

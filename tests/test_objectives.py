@@ -64,9 +64,12 @@ def test_mlm_loss_is_cross_entropy_at_masked_positions():
     assert int(correct) == int((logits.argmax(-1) == y).sum())
 
 
-def test_sparse_mlm_head_equals_dense_logits():
-    from ssl_core.model import build_model, encode, mlm_head
-    hf = build_model(Config().model, 300, 32, 0).eval()
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra"])
+def test_sparse_mlm_head_equals_dense_logits(arch):
+    from ssl_core.model import PretrainModule, build_model, encode, mlm_head
+    cfg = replace(Config(), model=replace(Config().model, arch=arch))
+    hf = build_model(cfg.model, 300, 32, 0).eval()
+    assert mlm_head(hf) is not None
     x = torch.randint(5, 300, (3, 32))
     sel = torch.rand(3, 32) < 0.15
     sel[0, 1] = True
@@ -74,6 +77,16 @@ def test_sparse_mlm_head_equals_dense_logits():
         dense = hf(input_ids=x, attention_mask=torch.ones_like(x)).logits[sel]
         sparse = mlm_head(hf)(encode(hf, x, torch.ones_like(x))[sel])
     torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-4)
+    # and the training module runs every objective on it, gradients reaching the encoder
+    cfg = replace(cfg, objectives=replace(cfg.objectives, nsp=True, contrastive=True))
+    module = PretrainModule.from_config(cfg, build_model(cfg.model, 300, 32, 0), 0)
+    y = torch.where(sel, x, torch.full_like(x, IGNORE_INDEX))
+    loss, m = module({"input_ids": x, "labels": y, "token_type_ids": torch.zeros_like(x),
+                      "nsp_label": torch.tensor([0, 1, IGNORE_INDEX]), "view_a": x, "view_b": x.flip(1)})
+    loss.backward()
+    assert torch.isfinite(loss) and m["mlm_count"] == sel.sum() and m["nsp_count"] == 2
+    emb = module.hf.get_input_embeddings().weight.grad
+    assert emb is not None and emb.abs().sum() > 0
 
 
 def test_nsp_loss_skips_unlabeled_rows():
