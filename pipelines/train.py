@@ -224,7 +224,7 @@ def train_loop(config: dict, session) -> dict:
     hf = build_model(cfg.model, builder.vocab_size, cfg.data.max_seq_len, sp["pad"])
     module = PretrainModule.from_config(cfg, hf, sp["pad"]).to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                            fused=device.type == "cuda" or None)
+                            fused=device.type in ("cuda", "cpu") or None)
     state = {"step": 0, "batches": 0, "elapsed": 0.0, "tokens": 0.0, "epoch": 0}
     with session.latest_checkpoint() as ckpt:
         if ckpt is not None:

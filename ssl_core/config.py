@@ -141,9 +141,11 @@ class ModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 1024
-    dropout: float = 0.1
+    dropout: float = 0.1          # hidden-state dropout (also what makes SimCSE's two identity views differ)
+    attention_dropout: float = 0.0  # on attention probabilities; 0 lets SDPA use its fused kernel (~1.26x on CPU)
 
     def validate(self) -> None:
+        _check(0.0 <= self.attention_dropout < 1.0, "model.attention_dropout must be in [0, 1)")
         _check(bool(self.arch.strip()), "model.arch must name a transformers model type (bert, roberta, ...)")
         _check(self.hidden_size % self.num_heads == 0,
                "model.hidden_size must be a multiple of model.num_heads")

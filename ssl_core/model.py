@@ -40,7 +40,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int
         return AutoModelForMaskedLM.from_pretrained(cfg.init_from, attn_implementation="sdpa")
     kw = dict(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
               num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-              hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+              hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attention_dropout,
               max_position_embeddings=max(max_seq_len, 64), type_vocab_size=2, pad_token_id=pad_id)
     if cfg.arch in ("roberta", "xlm-roberta", "camembert"):
         # positions are counted from pad_id + 1

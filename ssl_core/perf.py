@@ -40,8 +40,11 @@ def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None,
                        seconds: float = 0.5) -> float:
-    """FLOP/s of the best of a few n x n GEMMs in ``dtype`` on ``device``."""
-    n = n or (8192 if device.type == "cuda" else 1024)
+    """FLOP/s of the best of a few GEMMs in ``dtype`` on ``device``: n x n, or on CPU the best of
+    1024² and 2048² (the best shape differs between CPUs; a lower peak would flatter MFU)."""
+    if n is None and device.type != "cuda":
+        return max(measure_peak_flops(device, dtype, k, seconds) for k in (1024, 2048))
+    n = n or 8192
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -1,0 +1,185 @@
+"""Ray Train overhead: our training loop under a real local Ray vs a plain PyTorch loop.
+
+The same model (the ``default`` config: 4 layers, hidden 256, seq 128, WordPiece 8k trained here
+on War and Peace), the same batch, the same precision (``auto``: bf16 on a CPU with native bf16),
+the same rows in memory, the same number of steps, two cores each side; rounds interleaved
+(plain, Ray, plain, Ray, ...).
+
+* OURS:  ``pipelines.train.fit`` as ``sslpipe pretrain`` calls it: ``ray.init(num_cpus=4)``, a
+         ``TorchTrainer`` with 1 worker (``cpus_per_worker=2``) running ``train_func`` on a
+         materialized ``ray.data.from_items`` dataset of the rows ``local_batches`` built
+         (``data.shuffle_buffer=0`` by default, as the plain loop does not shuffle), metrics to an
+         MLflow run (a sqlite store under /tmp, as the pipeline logs them), ``checkpoint_every=0``.
+         Speed = the ``samples_per_s`` the loop logs every ``log_every`` steps (read back from
+         MLflow), the first window (warm-up) dropped.
+* PLAIN: one process, the same ``PretrainModule`` + AdamW + grad clipping, masks drawn per batch
+         with the same keyed masker, autocast in the same dtype; samples/s over windows of
+         ``log_every`` steps, the first dropped.
+
+    python benchmarks/train_overhead.py [--steps 60] [--rounds 2] [--batch 16] [--shuffle-buffer 0]
+
+Ends with ``RATIO train_overhead <Ray samples/s ÷ plain samples/s>``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+import torch
+
+DATA = ROOT.parent / "shared" / "data"
+THREADS = 2
+
+
+def make_config(corpus: Path, args):
+    from pipelines import cli  # noqa: F401  (registers the shipped configs)
+    from ssl_core.config import load_config
+    return load_config(args.config, [
+        f"data.corpus={corpus}", f"data.shuffle_buffer={args.shuffle_buffer}",
+        f"train.batch_size={args.batch}", f"train.max_steps={args.steps}",
+        f"train.cpus_per_worker={THREADS}", "train.num_workers=1", "train.use_gpu=false",
+        "train.checkpoint_every=0", f"train.log_every={args.log_every}", "train.precision=auto"])
+
+
+def plain_loop(cfg, tok_dir: str, rows: list[dict], log_every: int) -> list[float]:
+    """samples/s per window of ``log_every`` steps (same work per step as train_loop's step)."""
+    from pipelines.train import lr_factor, to_tensors
+    from ssl_core.examples import ExampleBuilder
+    from ssl_core.masking import row_keys
+    from ssl_core.model import PretrainModule, build_model
+    from ssl_core.perf import choose_dtype
+
+    torch.set_num_threads(THREADS)
+    tc, mc = cfg.train, cfg.masking
+    torch.manual_seed(tc.seed)
+    b = ExampleBuilder(cfg, tok_dir)
+    hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
+    module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
+    opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    dtype = choose_dtype(tc.precision, torch.device("cpu"))
+    masker = b.masker()
+    module.train()
+    out, t_win, n = [], time.perf_counter(), 0
+    for step, batch in enumerate(rows):
+        batch = dict(batch)
+        for g in opt.param_groups:
+            g["lr"] = tc.lr * lr_factor(step / tc.max_steps, tc.warmup_steps / tc.max_steps, tc.lr_schedule)
+        batch["input_ids"], batch["labels"] = masker.keyed(
+            batch["input_ids"], seed=mc.seed, keys=row_keys(batch["input_ids"], mc.seed, batch["epoch"]),
+            word_start=batch["word_start"].astype(bool), ratio=mc.ratio)
+        t = to_tensors(batch, "cpu")
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss, m = module(t)
+        loss.backward()
+        _ = {k: float(v) for k, v in m.items()}, float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(module.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n += len(batch["input_ids"])
+        if (step + 1) % log_every == 0:
+            now = time.perf_counter()
+            out.append(n / (now - t_win))
+            t_win, n = now, 0
+    return out
+
+
+def ray_run(cfg, tok_dir: str, train_ds, val_ds, storage: Path, uri: str, name: str) -> list[float]:
+    """``fit`` with an MLflow run; returns the samples_per_s the loop logged, window by window."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.train import fit
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("train_overhead")
+    with mlflow.start_run(run_name=name) as run:
+        run_id = run.info.run_id
+    t = time.perf_counter()
+    result = fit(cfg, train_ds, val_ds, tok_dir, str(storage), name, uri, run_id)
+    wall = time.perf_counter() - t
+    if result.error is not None:
+        raise result.error
+    hist = sorted(MlflowClient(uri).get_metric_history(run_id, "samples_per_s"), key=lambda m: m.step)
+    print(f"  (fit() wall {wall:.1f}s for {cfg.train.max_steps} steps, Ray Train start/stop, eval and "
+          f"final checkpoint included)")
+    return [m.value for m in hist]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="default")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--log-every", type=int, default=5)
+    ap.add_argument("--shuffle-buffer", type=int, default=0)
+    ap.add_argument("--corpus", default=str(DATA / "warpeace" / "train.txt"))
+    args = ap.parse_args()
+    corpus = Path(args.corpus)
+    if not corpus.is_file():
+        sys.exit(f"corpus {corpus} not found (the shared data folder is missing)")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    for name in ("ray.data", "ray.train", "ray.tune", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    import ray
+
+    from pipelines.train import local_batches
+    from ssl_core.text import resolve_corpus, sample_documents
+    from ssl_core.tokenizer import train_wordpiece
+
+    tmp = Path(tempfile.mkdtemp(prefix="sslbench_overhead_"))
+    cfg = make_config(corpus, args)
+    texts = sample_documents(resolve_corpus(str(corpus)), cfg.tokenizer.sample_documents, cfg.data.min_chars)
+    tok_dir = str(train_wordpiece(texts, tmp / "tok", cfg.tokenizer.vocab_size,
+                                  model_max_length=cfg.data.max_seq_len))
+    batches = list(local_batches(cfg, tok_dir, "train", 1, batch_size=args.batch,
+                                 max_rows=args.batch * args.steps))
+    assert len(batches) == args.steps, f"only {len(batches)} batches of {args.batch} rows"
+    val = list(local_batches(cfg, tok_dir, "val", 1, batch_size=64, max_rows=64))
+    as_items = lambda bs: [{k: b[k][i] for k in b} for b in bs for i in range(len(b["input_ids"]))]
+    print(f"{cfg.model.num_layers} layers x {cfg.model.hidden_size}, seq {cfg.data.max_seq_len}, "
+          f"batch {args.batch}, {args.steps} steps, {THREADS} threads, rows "
+          f"{args.batch * args.steps} (+{64 * len(val)} val), shuffle buffer {args.shuffle_buffer}")
+
+    ray.init(address="local", num_cpus=4, _temp_dir=str(tmp / "ray"), include_dashboard=False,
+             log_to_driver=True)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        train_ds = ray.data.from_items(as_items(batches)).materialize()
+        val_ds = ray.data.from_items(as_items(val)).materialize()
+        uri = f"sqlite:///{tmp / 'mlflow.db'}"
+        plain, ours = [], []
+        for r in range(args.rounds):
+            p = plain_loop(cfg, tok_dir, batches, args.log_every)[1:]       # first window = warm-up
+            o = ray_run(cfg, tok_dir, train_ds, val_ds, tmp / "storage", uri, f"overhead{r}")[1:]
+            plain += p
+            ours += o
+            print(f"round {r + 1}: plain median {statistics.median(p):6.1f} samples/s ({len(p)} windows) | "
+                  f"Ray Train median {statistics.median(o):6.1f} samples/s ({len(o)} windows)", flush=True)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    mp, mo = statistics.median(plain), statistics.median(ours)
+    T = cfg.data.max_seq_len
+    print(f"plain loop  median {mp:7.1f} samples/s ({mp * T:,.0f} slots/s) over {len(plain)} windows")
+    print(f"Ray Train   median {mo:7.1f} samples/s ({mo * T:,.0f} slots/s) over {len(ours)} windows")
+    print(f"RATIO train_overhead {mo / mp:.3f}")
+
+
+if __name__ == "__main__":
+    main()
