@@ -69,7 +69,7 @@ def plain_loop(cfg, tok_dir: str, rows: list[dict], log_every: int) -> list[floa
     b = ExampleBuilder(cfg, tok_dir)
     hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
     module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
-    opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)  # as train_loop
     dtype = choose_dtype(tc.precision, torch.device("cpu"))
     masker = b.masker()
     module.train()

@@ -58,6 +58,7 @@ class _Reporter:
     def __init__(self, rank: int, mlflow_uri: str | None, run_id: str | None):
         self.client = None
         self.run_id = run_id
+        self.pending: list = []
         if rank == 0 and mlflow_uri and run_id:
             try:
                 from mlflow.tracking import MlflowClient
@@ -70,12 +71,20 @@ class _Reporter:
             return
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)
-        try:
-            self.client.log_batch(self.run_id, metrics=[
+        try:   # asynchronous: the training step does not wait on the tracking store
+            self.pending.append(self.client.log_batch(self.run_id, metrics=[
                 Metric(k, float(v), ts, step) for k, v in metrics.items()
-                if isinstance(v, (int, float)) and math.isfinite(float(v))])
+                if isinstance(v, (int, float)) and math.isfinite(float(v))], synchronous=False))
         except Exception as e:
             say(f"could not log metrics to MLflow at step {step}: {e}")
+
+    def flush(self) -> None:
+        for op in self.pending:
+            try:
+                op.wait()
+            except Exception as e:
+                say(f"could not log metrics to MLflow: {e}")
+        self.pending.clear()
 
 
 def lr_factor(progress: float, warmup: float, schedule: str) -> float:
@@ -365,6 +374,7 @@ def train_loop(config: dict, session) -> dict:
             rep.log(after, step)
             say("eval after training: " + " | ".join(f"{k} {v:.3f}" for k, v in after.items()
                                                      if isinstance(v, float)))
+        rep.flush()
     _report(session, rank, module, opt, state, final, config, final=True)
     return final
 
