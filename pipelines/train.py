@@ -493,36 +493,35 @@ def local_batches(cfg: Config, tokenizer_dir: str, split: str = "train", epochs:
             buf.setdefault(k, []).extend(list(v))
 
     per_shard = -(-cfg.data.max_documents // len(shards)) if cfg.data.max_documents else 0
-    for epoch in range(epochs):
-        for shard in shards:
-            ids, texts = [], []
-            for n_doc, doc in enumerate(iter_documents(shard, None, min_chars=cfg.data.min_chars,
-                                                       max_doc_chars=cfg.data.max_doc_chars)):
-                if per_shard and n_doc >= per_shard:
-                    break
-                if is_validation(doc["id"], cfg.data.val_fraction) != (split == "val"):
-                    continue
-                ids.append(doc["id"])
-                texts.append(doc["text"])
-                if len(ids) >= cfg.data.batch_rows:
-                    flush_docs(ids, texts, epoch)
-                    ids, texts = [], []
-                while buf and len(buf["input_ids"]) >= bs:
-                    yield {k: np.stack(v[:bs]) for k, v in buf.items()}
-                    for v in buf.values():
-                        del v[:bs]
-                    n_rows += bs
-                    if max_rows and n_rows >= max_rows:
-                        return
-            if ids:
-                flush_docs(ids, texts, epoch)
-            while buf and len(buf["input_ids"]) >= bs:
-                yield {k: np.stack(v[:bs]) for k, v in buf.items()}
-                for v in buf.values():
-                    del v[:bs]
-                n_rows += bs
-                if max_rows and n_rows >= max_rows:
-                    return
+
+    def chunks():
+        """(document ids, texts, epoch) in groups of data.batch_rows, per shard and epoch."""
+        for epoch in range(epochs):
+            for shard in shards:
+                ids, texts = [], []
+                for n_doc, doc in enumerate(iter_documents(shard, None, min_chars=cfg.data.min_chars,
+                                                           max_doc_chars=cfg.data.max_doc_chars)):
+                    if per_shard and n_doc >= per_shard:
+                        break
+                    if is_validation(doc["id"], cfg.data.val_fraction) != (split == "val"):
+                        continue
+                    ids.append(doc["id"])
+                    texts.append(doc["text"])
+                    if len(ids) >= cfg.data.batch_rows:
+                        yield ids, texts, epoch
+                        ids, texts = [], []
+                if ids:
+                    yield ids, texts, epoch
+
+    for ids, texts, epoch in chunks():
+        flush_docs(ids, texts, epoch)
+        while buf and len(buf["input_ids"]) >= bs:
+            yield {k: np.stack(v[:bs]) for k, v in buf.items()}
+            for v in buf.values():
+                del v[:bs]
+            n_rows += bs
+            if max_rows and n_rows >= max_rows:
+                return
 
 
 def run_local(cfg: Config, tokenizer_dir: str, train_batches: Iterable[dict] | None = None,
