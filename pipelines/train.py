@@ -424,12 +424,8 @@ def _report(session, rank: int, module: PretrainModule, opt, state: dict, metric
 
 def export(module: PretrainModule, config: dict, out: Path) -> Path:
     """The trained encoder as a Hugging Face directory (+ sentence-transformers pooling config)."""
+    from ssl_core.export import export_model
     cfg: Config = _build(Config, config["cfg"])
-    try:
-        from ssl_core.export import export_model
-    except ImportError:   # TODO(export): until ssl_core.export lands
-        from ssl_core.model import save_hf
-        return save_hf(module.hf, config["tokenizer_dir"], out)
     return export_model(module.hf, config["tokenizer_dir"], out, pooling=cfg.contrastive.pooling,
                         max_seq_len=cfg.data.max_seq_len, extra_heads=module.extra_heads() or None,
                         config_dict=config["cfg"])

@@ -238,16 +238,3 @@ def evaluate_nsp(module: PretrainModule, batches: Iterable[dict], batch_size: in
             n += int(s)
     module.train(was)
     return {"eval_nsp_accuracy": correct / n if n else float("nan"), "eval_nsp_pairs": n}
-
-
-def save_hf(model, tokenizer_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write model (safetensors) + tokenizer files into one Hugging Face directory."""
-    import shutil
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    unwrap(model).save_pretrained(out)
-    for f in Path(tokenizer_dir).iterdir():
-        if f.is_file():
-            shutil.copy2(f, out / f.name)
-    return out
