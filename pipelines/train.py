@@ -37,7 +37,8 @@ import torch
 
 from ssl_core.config import Config, _build
 from ssl_core.examples import ExampleBuilder
-from ssl_core.masking import ratio_at, row_keys
+from ssl_core.masking import IGNORE_INDEX, ratio_at, row_keys
+from ssl_core.objectives.base import WINDOW_KEY
 from ssl_core.model import PretrainModule, build_model, evaluate_mlm, evaluate_nsp
 from ssl_core.perf import choose_dtype, encoder_flops, measure_peak_flops
 
@@ -113,6 +114,21 @@ def _allreduce(t: torch.Tensor, op=None) -> torch.Tensor:
 def to_tensors(batch: dict, device) -> dict:
     return {k: torch.from_numpy(np.asarray(batch[k]).astype(np.int64)).to(device, non_blocking=True)
             for k in TENSOR_KEYS if k in batch}
+
+
+def window_counts(window: list[dict]) -> dict[str, float]:
+    """This rank's scored items per objective over all micro-batches of one optimizer step: each
+    micro-batch's loss is its sum over these (then over all ranks), so accumulating k micro-batches
+    gives the gradient of one batch k times larger even when their mask counts differ."""
+    out = {"mlm": 0.0, "nsp": 0.0, "contrastive": 0.0}
+    for b in window:
+        if "labels" in b:
+            out["mlm"] += float((np.asarray(b["labels"]) != IGNORE_INDEX).sum())
+        if "nsp_label" in b:
+            out["nsp"] += float((np.asarray(b["nsp_label"]) != IGNORE_INDEX).sum())
+        if "view_a" in b:
+            out["contrastive"] += float(len(b["view_a"]))
+    return out
 
 
 # ------------------------------------------------------------------ sessions
@@ -292,7 +308,8 @@ def train_loop(config: dict, session) -> dict:
             g["lr"] = tc.lr * lr_factor(progress, warm, tc.lr_schedule)
         ratio = ratio_at(mc.schedule, mc.ratio, mc.ratio_end, progress) if obj.mlm else mc.ratio
         vals = dict.fromkeys(names, 0.0)
-        for micro in range(tc.grad_accum):
+        window = []                                # the micro-batches of one optimizer step
+        while len(window) < tc.grad_accum:
             t_wait = time.perf_counter()
             batch = next(batches, None)
             vals["wait"] += time.perf_counter() - t_wait
@@ -305,16 +322,20 @@ def train_loop(config: dict, session) -> dict:
                 batch["input_ids"], batch["labels"] = masker.keyed(
                     batch["input_ids"], seed=mc.seed, keys=row_keys(batch["input_ids"], mc.seed, batch["epoch"]),
                     word_start=batch["word_start"].astype(bool), ratio=ratio)
+            window.append(batch)
+        counts = window_counts(window) if not done else {}
+        for micro, batch in enumerate(window if not done else []):
             t = to_tensors(batch, device)
+            t[WINDOW_KEY] = counts                 # losses normalised over the whole window
             sync = model.no_sync() if (micro < tc.grad_accum - 1 and hasattr(model, "no_sync")) \
                 else contextlib.nullcontext()
             with sync:
                 with autocast():
                     loss, m = model(t)
-                (loss / tc.grad_accum).backward()
+                loss.backward()
             for k, v in m.items():
                 vals[k] += float(v)
-            vals["loss"] += float(loss.detach()) / tc.grad_accum
+            vals["loss"] += float(loss.detach())
             ntok = float(batch["num_tokens"].sum())
             vals["tokens"] += ntok
             vals["slots"] += float(batch["input_ids"].size)

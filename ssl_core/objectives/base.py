@@ -38,6 +38,19 @@ def distributed(module: torch.nn.Module) -> bool:
     return module.training and world_size() > 1
 
 
+WINDOW_KEY = "window_counts"
+
+
+def local_count(batch: dict, name: str, n: torch.Tensor) -> torch.Tensor:
+    """This rank's count of scored items for objective ``name``: over the whole gradient-
+    accumulation window when the training loop supplies it in ``batch[WINDOW_KEY]`` (so k
+    accumulated micro-batches give the gradient of one k-times larger batch), else ``n``."""
+    w = batch.get(WINDOW_KEY)
+    if w is None or name not in w:
+        return n
+    return torch.tensor(float(w[name]))
+
+
 def global_count(n: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
     """The number of items in the global batch (all ranks), as float."""
     n = n.detach().to(torch.float32).reshape(1).clone()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssl_core.objectives.base import EncoderOutputs, Objective, gather_with_grad, global_count, scaled_mean
+from ssl_core.objectives.base import (EncoderOutputs, Objective, gather_with_grad, global_count,
+                                      local_count, scaled_mean)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
@@ -76,7 +77,7 @@ class ContrastiveObjective(Objective):
         keys, offset = gather_with_grad(b, self)                        # (N, H) global batch
         total, correct, cos = info_nce(a, keys, self.temperature, offset)
         B = a.shape[0]
-        n = global_count(torch.tensor(B), self)
+        n = global_count(local_count(batch, self.name, torch.tensor(B)), self)
         loss = scaled_mean(total, n, self)
         with torch.no_grad():
             pos = cos[torch.arange(B), torch.arange(B) + offset]        # (B,)

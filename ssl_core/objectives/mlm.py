@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.masking import IGNORE_INDEX
-from ssl_core.objectives.base import EncoderOutputs, Objective, global_count, scaled_mean
+from ssl_core.objectives.base import EncoderOutputs, Objective, global_count, local_count, scaled_mean
 
 
 def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +41,7 @@ class MlmObjective(Objective):
         y = labels[sel]                                     # (M,)
         logits = self.head(out.hidden[sel])                 # (M, V)
         total, correct = mlm_loss(logits, y)
-        n = global_count(sel.sum(), self)
+        n = global_count(local_count(batch, self.name, sel.sum()), self)
         loss = scaled_mean(total, n, self)
         return loss, {"mlm_loss": total.detach(), "mlm_correct": correct,
                       "mlm_count": torch.tensor(float(y.numel()))}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.masking import IGNORE_INDEX
-from ssl_core.objectives.base import EncoderOutputs, Objective, global_count, scaled_mean
+from ssl_core.objectives.base import EncoderOutputs, Objective, global_count, local_count, scaled_mean
 
 
 def nsp_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,7 +36,7 @@ class NspObjective(Objective):
     def forward(self, out: EncoderOutputs, batch: dict):
         logits = self.head(out.hidden[:, 0])                # (B, 2) from [CLS]
         total, correct, scored = nsp_loss(logits, batch["nsp_label"])
-        n = global_count(scored, self)
+        n = global_count(local_count(batch, self.name, scored), self)
         loss = scaled_mean(total, n, self)                  # 0 (graph kept) when nothing is scored
         return loss, {"nsp_loss": total.detach(), "nsp_correct": correct,
                       "nsp_count": scored.detach().float()}
