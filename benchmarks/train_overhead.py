@@ -12,7 +12,7 @@ the same rows in memory, the same number of steps, two cores each side; rounds i
          MLflow run (a sqlite store under /tmp, as the pipeline logs them), ``checkpoint_every=0``.
          Speed = the ``samples_per_s`` the loop logs every ``log_every`` steps (read back from
          MLflow), the first window (warm-up) dropped.
-* PLAIN: one process, the same ``PretrainModule`` + AdamW + grad clipping, masks drawn per batch
+* PLAIN: one process, the same ``PretrainModule`` (same attention kernel) + AdamW + grad clipping, masks drawn per batch
          with the same keyed masker, autocast in the same dtype; samples/s over windows of
          ``log_every`` steps, the first dropped.
 
@@ -60,7 +60,7 @@ def plain_loop(cfg, tok_dir: str, rows: list[dict], log_every: int) -> list[floa
     from pipelines.train import lr_factor, to_tensors
     from ssl_core.examples import ExampleBuilder
     from ssl_core.masking import row_keys
-    from ssl_core.model import PretrainModule, build_model
+    from ssl_core.model import PretrainModule, attention_impl, build_model, set_attention
     from ssl_core.perf import choose_dtype
 
     torch.set_num_threads(THREADS)
@@ -68,6 +68,7 @@ def plain_loop(cfg, tok_dir: str, rows: list[dict], log_every: int) -> list[floa
     torch.manual_seed(tc.seed)
     b = ExampleBuilder(cfg, tok_dir)
     hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
+    set_attention(hf, attention_impl(cfg.model.attention, "cpu"))              # as train_loop
     module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
     opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)  # as train_loop
     dtype = choose_dtype(tc.precision, torch.device("cpu"))

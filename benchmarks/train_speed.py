@@ -144,10 +144,11 @@ def flop_check(cfg, tok_dir: str, rows: list[dict], batches) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from ssl_core.examples import ExampleBuilder
-    from ssl_core.model import PretrainModule, build_model
+    from ssl_core.model import PretrainModule, attention_impl, build_model, set_attention
     from ssl_core.perf import encoder_flops
     b = ExampleBuilder(cfg, tok_dir)
     hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
+    set_attention(hf, attention_impl(cfg.model.attention, "cpu"))        # as the loop trains it
     module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
     ids, labels, ntok = batches[0]
     f_tok, f_pred = encoder_flops(hf.config, cfg.data.max_seq_len)
@@ -185,12 +186,13 @@ def profile_step(cfg, tok_dir: str, rows: list[dict], steps: int = 3) -> None:
 
     from ssl_core.examples import ExampleBuilder
     from ssl_core.masking import row_keys
-    from ssl_core.model import PretrainModule, build_model
+    from ssl_core.model import PretrainModule, attention_impl, build_model, set_attention
     torch.set_num_threads(THREADS)
     b = ExampleBuilder(cfg, tok_dir)
     hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
+    print(f"  profiled with {set_attention(hf, attention_impl(cfg.model.attention, 'cpu'))} attention")
     module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.01)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.01, fused=True)  # as train_loop
     masker = b.masker()
     module.train()
 

@@ -39,7 +39,8 @@ from ssl_core.config import Config, _build
 from ssl_core.examples import ExampleBuilder
 from ssl_core.masking import IGNORE_INDEX, ratio_at, row_keys
 from ssl_core.objectives.base import WINDOW_KEY
-from ssl_core.model import PretrainModule, build_model, evaluate_mlm, evaluate_nsp
+from ssl_core.model import (PretrainModule, attention_impl, build_model, evaluate_mlm, evaluate_nsp,
+                            set_attention)
 from ssl_core.perf import choose_dtype, encoder_flops, measure_peak_flops
 
 NO_BATCH = "the training data yields no full batch"
@@ -247,6 +248,7 @@ def train_loop(config: dict, session) -> dict:
     builder = ExampleBuilder(cfg, config["tokenizer_dir"])
     sp = builder.sp
     hf = build_model(cfg.model, builder.vocab_size, cfg.data.max_seq_len, sp["pad"])
+    attn = set_attention(hf, attention_impl(cfg.model.attention, device.type))
     module = PretrainModule.from_config(cfg, hf, sp["pad"]).to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                             fused=device.type in ("cuda", "cpu") or None)
@@ -269,7 +271,8 @@ def train_loop(config: dict, session) -> dict:
     flops_tok, flops_pred = encoder_flops(hf.config, cfg.data.max_seq_len)
     peak = measure_peak_flops(device, dtype)
     if rank == 0:
-        say(f"precision {str(dtype).replace('torch.', '')} on {device.type}; measured GEMM peak "
+        say(f"precision {str(dtype).replace('torch.', '')} on {device.type}, {attn} attention; "
+            f"measured GEMM peak "
             f"{peak / 1e9:,.0f} GFLOP/s per worker; {sum(p.numel() for p in hf.parameters()):,} "
             f"encoder parameters")
 

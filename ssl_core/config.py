@@ -143,9 +143,12 @@ class ModelConfig:
     intermediate_size: int = 1024
     dropout: float = 0.1          # hidden-state dropout (also what makes SimCSE's two identity views differ)
     attention_dropout: float = 0.0  # on attention probabilities; 0 lets SDPA use its fused kernel (~1.26x on CPU)
+    attention: str = "auto"       # training kernel: auto (sdpa on GPU, eager on CPU: ~1.8x faster there) | sdpa | eager
 
     def validate(self) -> None:
         _check(0.0 <= self.attention_dropout < 1.0, "model.attention_dropout must be in [0, 1)")
+        _check(self.attention in ("auto", "sdpa", "eager"),
+               f"model.attention must be auto, sdpa or eager, got {self.attention!r}")
         _check(bool(self.arch.strip()), "model.arch must name a transformers model type (bert, roberta, ...)")
         _check(self.hidden_size % self.num_heads == 0,
                "model.hidden_size must be a multiple of model.num_heads")

@@ -89,6 +89,35 @@ def test_sparse_mlm_head_equals_dense_logits(arch):
     assert emb is not None and emb.abs().sum() > 0
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra"])
+def test_eager_attention_trains_the_same_model_as_sdpa(arch):
+    """On CPU the loop trains with eager attention (faster there), on GPU with SDPA: the same
+    weights give the same loss and gradients either way, padding included."""
+    from ssl_core.model import PretrainModule, attention_impl, build_model, set_attention
+    assert attention_impl("auto", "cpu") == "eager" and attention_impl("auto", "cuda") == "sdpa"
+    assert attention_impl("sdpa", "cpu") == "sdpa"
+    cfg = replace(Config(), model=replace(Config().model, arch=arch, dropout=0.0))
+    cfg = replace(cfg, objectives=replace(cfg.objectives, nsp=True, contrastive=True))
+    torch.manual_seed(0)
+    x = torch.randint(5, 300, (4, 32))
+    x[1, 20:] = 0                                               # padding: the mask matters
+    y = torch.where(torch.rand(4, 32) < 0.2, x, torch.full_like(x, IGNORE_INDEX))
+    y[1, 20:] = IGNORE_INDEX
+    batch = {"input_ids": x, "labels": y, "token_type_ids": torch.zeros_like(x),
+             "nsp_label": torch.tensor([0, 1, 0, 1]), "view_a": x, "view_b": x.flip(1)}
+    out = {}
+    for impl in ("sdpa", "eager"):
+        torch.manual_seed(1)
+        hf = build_model(cfg.model, 300, 32, 0)
+        assert set_attention(hf, impl) == impl
+        module = PretrainModule.from_config(cfg, hf, 0)
+        loss, _ = module(batch)
+        loss.backward()
+        out[impl] = (loss.detach(), hf.get_input_embeddings().weight.grad.clone())
+    torch.testing.assert_close(out["eager"][0], out["sdpa"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["eager"][1], out["sdpa"][1], rtol=1e-4, atol=1e-6)
+
+
 def test_nsp_loss_skips_unlabeled_rows():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]])
     labels = torch.tensor([0, 0, IGNORE_INDEX])
