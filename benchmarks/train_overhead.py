@@ -38,7 +38,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np
 import torch
 
 DATA = ROOT.parent / "shared" / "data"
