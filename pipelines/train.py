@@ -326,8 +326,10 @@ def train_loop(config: dict, session) -> dict:
                     batch["input_ids"], seed=mc.seed, keys=row_keys(batch["input_ids"], mc.seed, batch["epoch"]),
                     word_start=batch["word_start"].astype(bool), ratio=ratio)
             window.append(batch)
-        counts = window_counts(window) if not done else {}
-        for micro, batch in enumerate(window if not done else []):
+        if done:
+            window = []                            # an incomplete accumulation is not applied
+        counts = window_counts(window)
+        for micro, batch in enumerate(window):
             t = to_tensors(batch, device)
             t[WINDOW_KEY] = counts                 # losses normalised over the whole window
             sync = model.no_sync() if (micro < tc.grad_accum - 1 and hasattr(model, "no_sync")) \
@@ -349,7 +351,6 @@ def train_loop(config: dict, session) -> dict:
             vals["flops"] += (ntok * ("tokens" in {o.stream for o in module.objectives.values()})
                               + views) * flops_tok + float(m.get("mlm_count", 0.0)) * flops_pred
         if done:
-            opt.zero_grad(set_to_none=True)        # an incomplete accumulation is not applied
             if step == 0:
                 raise RuntimeError(f"{NO_BATCH} of {tc.batch_size} sequences per worker: use a "
                                    "larger corpus or a smaller train.batch_size")
