@@ -1,6 +1,6 @@
 """BERT-base pretraining speed on one GPU: our training loop without Ray (samples/s, tokens/s, MFU).
 
-``pipelines.train.train_loop`` through ``run_local`` (a ``LocalSession``, no Ray, no MLflow: this
+``ssl_core.training.train_loop`` through ``run_local`` (a ``LocalSession``, no Ray, no MLflow: this
 script imports neither, and checks at the end that nothing it ran did) on a BERT-base (12 layers,
 hidden 768, 12 heads, intermediate 3072, WordPiece trained here on the Python docs that ship
 with Python, ``--vocab`` 30522 asked), seq 128, bf16 autocast, MLM (15%, logits at the masked
@@ -86,7 +86,7 @@ def main() -> None:
     args.log_every = min(args.log_every, max(1, args.steps // 3)) if args.device == "cpu" else args.log_every
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
-    from pipelines.train import local_batches, run_local
+    from ssl_core.training import local_batches, run_local
     from ssl_core.perf import choose_dtype, encoder_flops, measure_peak_flops
     from ssl_core.text import resolve_corpus, sample_documents
     from ssl_core.tokenizer import load_fast, train_wordpiece

@@ -38,15 +38,14 @@ T, B = 128, 32
 def ours(cfg, shards, tok_dir) -> tuple[float, int]:
     from pipelines.data import examples
     from ssl_core.examples import ExampleBuilder
-    from ssl_core.masking import row_keys
+    from ssl_core.masking import mask_rows
 
     masker = ExampleBuilder(cfg, tok_dir).masker()
     t = time.perf_counter()
     tokens = 0
     ds = examples(cfg, shards, tok_dir, "train", 1)
     for b in ds.iter_batches(batch_size=B, batch_format="numpy", drop_last=True):
-        ids, labels = masker.keyed(b["input_ids"], seed=0, keys=row_keys(b["input_ids"], 0, b["epoch"]),
-                                   word_start=b["word_start"].astype(bool))
+        ids, labels = mask_rows(masker, b, seed=0)
         tokens += int(b["num_tokens"].sum())
     return time.perf_counter() - t, tokens
 

@@ -29,7 +29,6 @@ import os, sys, time
 sys.path.insert(0, sys.argv[3])
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 import ray
-import pipelines.cli
 from pipelines.data import examples, quiet_data_context
 from ssl_core.config import load_config
 from ssl_core.text import resolve_corpus

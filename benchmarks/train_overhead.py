@@ -12,9 +12,9 @@ the same rows in memory, the same number of steps, two cores each side; rounds i
          MLflow run (a sqlite store under /tmp, as the pipeline logs them), ``checkpoint_every=0``.
          Speed = the ``samples_per_s`` the loop logs every ``log_every`` steps (read back from
          MLflow), the first window (warm-up) dropped.
-* PLAIN: one process, the same ``PretrainModule`` (same attention kernel) + AdamW + grad clipping, masks drawn per batch
-         with the same keyed masker, autocast in the same dtype; samples/s over windows of
-         ``log_every`` steps, the first dropped.
+* PLAIN: one process, a bare ``for`` loop over the rows calling the training loop's own
+         ``build_state`` and ``train_step`` (same module, attention kernel, masks, precision,
+         optimizer); samples/s over windows of ``log_every`` steps, the first dropped.
 
     python benchmarks/train_overhead.py [--steps 60] [--rounds 2] [--batch 16] [--shuffle-buffer 0]
 
@@ -45,8 +45,7 @@ THREADS = 2
 
 
 def make_config(corpus: Path, args):
-    from pipelines import cli  # noqa: F401  (registers the shipped configs)
-    from ssl_core.config import load_config
+    from pipelines.configs import load_config
     return load_config(args.config, [
         f"data.corpus={corpus}", f"data.shuffle_buffer={args.shuffle_buffer}",
         f"train.batch_size={args.batch}", f"train.max_steps={args.steps}",
@@ -55,40 +54,16 @@ def make_config(corpus: Path, args):
 
 
 def plain_loop(cfg, tok_dir: str, rows: list[dict], log_every: int) -> list[float]:
-    """samples/s per window of ``log_every`` steps (same work per step as train_loop's step)."""
-    from pipelines.train import lr_factor, to_tensors
-    from ssl_core.examples import ExampleBuilder
-    from ssl_core.masking import row_keys
-    from ssl_core.model import PretrainModule, attention_impl, build_model, set_attention
-    from ssl_core.perf import choose_dtype
+    """samples/s per window of ``log_every`` steps of the loop's own ``train_step``, no session."""
+    from ssl_core.training import TrainJob, build_state, train_step
 
-    torch.set_num_threads(THREADS)
-    tc, mc = cfg.train, cfg.masking
-    torch.manual_seed(tc.seed)
-    b = ExampleBuilder(cfg, tok_dir)
-    hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
-    set_attention(hf, attention_impl(cfg.model.attention, "cpu"))              # as train_loop
-    module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
-    opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)  # as train_loop
-    dtype = choose_dtype(tc.precision, torch.device("cpu"))
-    masker = b.masker()
-    module.train()
+    ts = build_state(TrainJob(cfg, tok_dir), torch.device("cpu"), measure_peak=False)
+    ts.module.train()
     out, t_win, n = [], time.perf_counter(), 0
     for step, batch in enumerate(rows):
-        batch = dict(batch)
-        for g in opt.param_groups:
-            g["lr"] = tc.lr * lr_factor(step / tc.max_steps, tc.warmup_steps / tc.max_steps, tc.lr_schedule)
-        batch["input_ids"], batch["labels"] = masker.keyed(
-            batch["input_ids"], seed=mc.seed, keys=row_keys(batch["input_ids"], mc.seed, batch["epoch"]),
-            word_start=batch["word_start"].astype(bool), ratio=mc.ratio)
-        t = to_tensors(batch, "cpu")
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            loss, m = module(t)
-        loss.backward()
-        _ = {k: float(v) for k, v in m.items()}, float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(module.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        ts.progress.step = step
+        sums, _ = train_step(ts, [dict(batch)], step / cfg.train.max_steps)
+        _ = {k: float(v) for k, v in sums.items()}          # the loop reads its sums back too
         n += len(batch["input_ids"])
         if (step + 1) % log_every == 0:
             now = time.perf_counter()
@@ -137,7 +112,7 @@ def main() -> None:
 
     import ray
 
-    from pipelines.train import local_batches
+    from ssl_core.training import local_batches
     from ssl_core.text import resolve_corpus, sample_documents
     from ssl_core.tokenizer import train_wordpiece
 

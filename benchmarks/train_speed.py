@@ -5,7 +5,7 @@ Peace), sequences of 128, the same packed rows (``local_batches``), the same bat
 masks (15%, 80/10/10), both cores, in one process, interleaved step by step (one reference step,
 one step of ours, ...: the machine is shared, a co-tenant's load then hits both sides alike).
 
-* OURS:      ``pipelines.train.train_loop`` through ``run_local`` (a ``LocalSession``, no Ray):
+* OURS:      ``ssl_core.training.train_loop`` through ``run_local`` (a ``LocalSession``, no Ray):
              ``train.cpus_per_worker=2`` (the loop sets the threads), ``precision=auto`` (bf16 on a
              CPU with native bf16), logits only at the masked positions, masks drawn in the loop;
              no eval (empty val list), ``checkpoint_every=0``, ``log_every=1``. Its batch iterator
@@ -53,8 +53,7 @@ SIZE = ["model.hidden_size=512", "model.num_layers=4", "model.num_heads=8",
 
 
 def make_config(corpus: Path, batch: int, steps: int, log_every: int, extra=()):
-    from pipelines import cli  # noqa: F401  (registers the shipped configs)
-    from ssl_core.config import load_config
+    from pipelines.configs import load_config
     return load_config("default", SIZE + [
         f"data.corpus={corpus}", "data.shuffle_buffer=0", f"train.batch_size={batch}",
         f"train.max_steps={steps}", f"train.warmup_steps={max(1, steps // 10)}",
@@ -72,13 +71,11 @@ def tokenizer(corpus: Path, out: Path) -> str:
 def masked_rows(cfg, tok_dir: str, rows: list[dict]):
     """The masks the loop draws (same masker, seed, keys), for the reference."""
     from ssl_core.examples import ExampleBuilder
-    from ssl_core.masking import row_keys
+    from ssl_core.masking import mask_rows
     masker = ExampleBuilder(cfg, tok_dir).masker()
     out = []
     for b in rows:
-        ids, lab = masker.keyed(b["input_ids"], seed=cfg.masking.seed,
-                                keys=row_keys(b["input_ids"], cfg.masking.seed, b["epoch"]),
-                                word_start=b["word_start"].astype(bool), ratio=cfg.masking.ratio)
+        ids, lab = mask_rows(masker, b, cfg.masking.seed, cfg.masking.ratio)
         out.append((torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(lab, dtype=torch.long),
                     float(b["num_tokens"].sum())))
     return out
@@ -89,7 +86,7 @@ def run_interleaved(cfg, tok_dir: str, rows: list[dict], ref_step) -> list[dict]
     each batch (A B A B ... step by step, so that a co-tenant's load hits both alike). The loop
     counts that time as data wait; returns its window metrics with ``tokens_per_s_own`` = tokens
     ÷ (window time − wait), i.e. ours' step time alone."""
-    from pipelines.train import run_local
+    from ssl_core.training import run_local
 
     def feed():
         for b in rows:
@@ -139,33 +136,32 @@ class Reference:
         self.times.append((time.perf_counter() - t, ntok))
 
 
-def flop_check(cfg, tok_dir: str, rows: list[dict], batches) -> None:
-    """encoder_flops vs FlopCounterMode on one bf16 training step of our module."""
+def cpu_state(cfg, tok_dir: str):
+    """The training loop's own components (``build_state``), as a worker builds them on CPU."""
+    from ssl_core.training import TrainJob, build_state
+    return build_state(TrainJob(cfg, tok_dir), torch.device("cpu"), measure_peak=False)
+
+
+def flop_check(cfg, tok_dir: str, rows: list[dict]) -> None:
+    """encoder_flops vs FlopCounterMode on one training step (``train_step``, bf16 autocast)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ssl_core.examples import ExampleBuilder
-    from ssl_core.model import PretrainModule, attention_impl, build_model, set_attention
-    from ssl_core.perf import encoder_flops
-    b = ExampleBuilder(cfg, tok_dir)
-    hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
-    set_attention(hf, attention_impl(cfg.model.attention, "cpu"))        # as the loop trains it
-    module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
-    ids, labels, ntok = batches[0]
-    f_tok, f_pred = encoder_flops(hf.config, cfg.data.max_seq_len)
-    n_masked = int((labels != -100).sum())
-    slots = ids.numel()
+    from ssl_core.training import train_step
+    ts = cpu_state(cfg, tok_dir)
     counter = FlopCounterMode(display=False)
     with counter:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _ = module({"input_ids": ids, "labels": labels})
-        loss.backward()
+        sums, _ = train_step(ts, [dict(rows[0])], 0.0)
     counted = counter.get_total_flops()
     by_op = {str(k).split(".")[-1]: v for k, v in counter.get_flop_counts().get("Global", {}).items()}
-    H, L, T = hf.config.hidden_size, hf.config.num_hidden_layers, cfg.data.max_seq_len
+    ntok, n_masked = float(sums["tokens"]), int(sums["mlm_count"])
+    slots = rows[0]["input_ids"].size
+    H, L, T = cfg.model.hidden_size, cfg.model.num_layers, cfg.data.max_seq_len
     attn = 3 * 4 * L * T * H * slots                  # what the formula puts on attention
+    f_tok, f_pred = ts.flops_per_token, ts.flops_per_prediction
     formula_slots = slots * f_tok + n_masked * f_pred
     formula_real = ntok * f_tok + n_masked * f_pred
-    print(f"FLOP check, one step ({ids.shape[0]}x{T}, {int(ntok)} real tokens, {n_masked} masked):")
+    print(f"FLOP check, one train_step ({rows[0]['input_ids'].shape[0]}x{T}, {int(ntok)} real tokens, "
+          f"{n_masked} masked, {ts.attention} attention):")
     print(f"  encoder_flops: {f_tok / 1e6:.1f} MFLOP/token + {f_pred / 1e6:.2f} MFLOP/masked token"
           f" -> {formula_real / 1e9:.1f} GFLOP (real tokens, as the loop counts) / "
           f"{formula_slots / 1e9:.1f} GFLOP (all slots)")
@@ -181,42 +177,17 @@ def flop_check(cfg, tok_dir: str, rows: list[dict], batches) -> None:
 
 
 def profile_step(cfg, tok_dir: str, rows: list[dict], steps: int = 3) -> None:
-    """torch.profiler over a few bf16 steps of our module, as the loop runs them."""
+    """torch.profiler over a few steps of ``train_step`` (the loop's own), phases labelled by it."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ssl_core.examples import ExampleBuilder
-    from ssl_core.masking import row_keys
-    from ssl_core.model import PretrainModule, attention_impl, build_model, set_attention
-    torch.set_num_threads(THREADS)
-    b = ExampleBuilder(cfg, tok_dir)
-    hf = build_model(cfg.model, b.vocab_size, cfg.data.max_seq_len, b.sp["pad"])
-    print(f"  profiled with {set_attention(hf, attention_impl(cfg.model.attention, 'cpu'))} attention")
-    module = PretrainModule.from_config(cfg, hf, b.sp["pad"])
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.01, fused=True)  # as train_loop
-    masker = b.masker()
-    module.train()
-
-    def step(batch):
-        with torch.profiler.record_function("## mask+to_tensor"):
-            ids, lab = masker.keyed(batch["input_ids"], seed=0, keys=row_keys(batch["input_ids"], 0, batch["epoch"]),
-                                    word_start=batch["word_start"].astype(bool))
-            t = {"input_ids": torch.from_numpy(ids.astype(np.int64)), "labels": torch.from_numpy(lab.astype(np.int64))}
-        with torch.profiler.record_function("## forward"):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss, _ = module(t)
-        with torch.profiler.record_function("## backward"):
-            loss.backward()
-        with torch.profiler.record_function("## clip_grad_norm"):
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        with torch.profiler.record_function("## optimizer"):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
+    from ssl_core.training import train_step
+    ts = cpu_state(cfg, tok_dir)
+    print(f"  profiled with {ts.attention} attention, {str(ts.dtype).replace('torch.', '')}")
     for bt in rows[:2]:
-        step(dict(bt))                                  # warm up (oneDNN kernels, optimizer state)
+        train_step(ts, [dict(bt)], 0.5)                 # warm up (oneDNN kernels, optimizer state)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for bt in rows[2:2 + steps]:
-            step(dict(bt))
+            train_step(ts, [dict(bt)], 0.5)
     ev = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in ev)
     print(f"\nPROFILE: {steps} steps of ours, {total / 1e3 / steps:.0f} ms/step of self CPU time")
@@ -247,8 +218,8 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(THREADS)
 
-    from pipelines.train import local_batches
     from ssl_core.perf import encoder_flops, measure_peak_flops
+    from ssl_core.training import local_batches
     from ssl_core.tokenizer import load_fast, special_ids
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,7 +238,7 @@ def main() -> None:
               f"{np.mean([b[2] for b in batches]) / slots:.3f}, masked/token "
               f"{np.mean([(b[1] != -100).sum().item() / b[2] for b in batches]):.4f}, threads {THREADS}")
 
-        flop_check(cfg, tok_dir, rows, batches)
+        flop_check(cfg, tok_dir, rows)
 
         ref_model, ref_opt = reference_model(cfg, vocab, pad)
         reference = Reference(ref_model, ref_opt, batches, pad)

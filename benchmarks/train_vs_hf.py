@@ -4,7 +4,7 @@ The same corpus (War and Peace ``train.txt``), the same WordPiece 8k tokenizer (
 ``ssl_core.tokenizer.train_wordpiece``), the same model (the ``default`` config: BERT, 4 layers,
 hidden 256, 4 heads, intermediate 1024, seq 128, same init), the same batch (16), lr (7e-4), weight
 decay (0.01), grad clipping (1.0), the same LR schedule (linear warmup over the first 6% of the
-budget, then linear decay to 0 at the budget: ``pipelines.train.lr_factor`` on elapsed/budget for
+budget, then linear decay to 0 at the budget: ``ssl_core.training.lr_factor`` on elapsed/budget for
 both), two threads, the same budget (``--seconds``, 90 by default) each.
 
 * OURS: ``run_local`` (``train_loop`` without Ray): ``train.max_minutes`` = the budget, precision
@@ -18,7 +18,7 @@ both), two threads, the same budget (``--seconds``, 90 by default) each.
 
 Tokens/s = tokens trained ÷ training wall time (ours: real tokens incl. [CLS]/[SEP] of its packed
 rows; HF: every token of its blocks, incl. the [CLS]/[SEP] run_mlm adds to every line, which
-favours it). Both final models are then scored by the same function (``ssl_core.model.evaluate_mlm``,
+favours it). Both final models are then scored by the same function (``ssl_core.objectives.mlm.mlm_metrics``,
 fp32) on the same held-out text (War and Peace ``val.txt``, packed rows masked once at 15% with
 the keyed masker at EVAL_RATIO/EVAL_SEED).
 
@@ -54,8 +54,7 @@ BIG = 10 ** 7          # max_steps of both: the time budget ends training
 
 
 def make_config(corpus: Path, seconds: float, batch: int):
-    from pipelines import cli  # noqa: F401  (registers the shipped configs)
-    from ssl_core.config import load_config
+    from pipelines.configs import load_config
     return load_config("default", [
         f"data.corpus={corpus}", "data.val_fraction=0.0", f"train.batch_size={batch}",
         f"train.max_steps={BIG}", f"train.warmup_steps={int(BIG * WARMUP_SHARE)}",
@@ -68,14 +67,12 @@ def eval_set(cfg, tok_dir: str, val_txt: Path, rows: int):
     """val.txt packed like training rows, masked once at 15% (keyed, EVAL_SEED)."""
     from dataclasses import replace
 
-    from pipelines.train import local_batches
     from ssl_core.examples import ExampleBuilder
-    from ssl_core.model import EVAL_RATIO, EVAL_SEED
+    from ssl_core.training import local_batches
     vcfg = replace(cfg, data=replace(cfg.data, corpus=str(val_txt)))
     ids = np.concatenate([b["input_ids"] for b in local_batches(vcfg, tok_dir, "train", 1, batch_size=64,
                                                                 max_rows=rows)])
-    masker = ExampleBuilder(vcfg, tok_dir).masker(ratio=EVAL_RATIO, strategy="token")
-    return masker.keyed(ids, seed=EVAL_SEED, epoch=0)
+    return ExampleBuilder(vcfg, tok_dir).mask_for_eval({"input_ids": ids})
 
 
 def ours_feed(rows0: list[dict], batch: int, seed: int = 0):
@@ -95,7 +92,7 @@ def ours_feed(rows0: list[dict], batch: int, seed: int = 0):
 def run_ours(cfg, tok_dir: str, rows0: list[dict], out: Path):
     from transformers import AutoModelForMaskedLM
 
-    from pipelines.train import run_local
+    from ssl_core.training import run_local
     final, sess = run_local(cfg, tok_dir, train_batches=ours_feed(rows0, cfg.train.batch_size),
                             val_batches=[], out_dir=out, device="cpu")
     tps = final["tokens_seen"] / final["elapsed_s"]
@@ -125,8 +122,8 @@ def run_hf(cfg, tok, ds, seconds: float, out: Path, vocab: int, pad: int):
     from transformers import (DataCollatorForLanguageModeling, Trainer, TrainerCallback,
                               TrainingArguments)
 
-    from pipelines.train import lr_factor
-    from ssl_core.model import build_model
+    from ssl_core.encoder import build_model
+    from ssl_core.training import lr_factor
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab, cfg.data.max_seq_len, pad)      # same BertForMaskedLM config
     clock = {"t0": None, "steps": 0}
@@ -185,8 +182,8 @@ def main() -> None:
     datasets.disable_progress_bars()
     torch.set_num_threads(THREADS)
 
-    from pipelines.train import local_batches
-    from ssl_core.model import evaluate_mlm
+    from ssl_core.objectives.mlm import mlm_metrics
+    from ssl_core.training import local_batches
     from ssl_core.text import resolve_corpus, sample_documents
     from ssl_core.tokenizer import load_fast, special_ids, train_wordpiece
 
@@ -200,7 +197,8 @@ def main() -> None:
         fast = load_fast(tok_dir)
         vocab, pad = fast.get_vocab_size(), special_ids(fast)["pad"]
         rows0 = list(local_batches(cfg, tok_dir, "train", 1, batch_size=args.batch))
-        eval_ids, eval_labels = eval_set(cfg, tok_dir, val_txt, args.eval_rows)
+        evalset = eval_set(cfg, tok_dir, val_txt, args.eval_rows)
+        eval_ids, eval_labels = evalset["input_ids"], evalset["labels"]
         hf_tok, hf_ds = hf_dataset(tok_dir, train_txt, cfg.data.max_seq_len, tmp / "hf_cache")
         n_ours = sum(float(b["num_tokens"].sum()) for b in rows0)
         print(f"setup {time.perf_counter() - t0:.1f}s: WordPiece {vocab}; ours {len(rows0) * args.batch} rows "
@@ -211,17 +209,17 @@ def main() -> None:
         res = {"ours": [], "hf": []}
         for r in range(args.rounds):
             m, tps, info = run_ours(cfg, tok_dir, rows0, tmp / f"ours{r}")
-            ev = evaluate_mlm(m, [(eval_ids, eval_labels)], pad)
-            res["ours"].append((tps, ev["eval_mlm_accuracy"], ev["eval_mlm_loss"]))
+            ev = mlm_metrics(m, [evalset], pad)
+            res["ours"].append((tps, ev["mlm_accuracy"], ev["mlm_loss"]))
             print(f"round {r + 1} ours: {tps:,.0f} tok/s, step {info['step']}, {info['tokens_seen']:,.0f} tokens "
-                  f"in {info['elapsed_s']:.1f}s | eval mlm_acc {ev['eval_mlm_accuracy']:.4f} "
-                  f"loss {ev['eval_mlm_loss']:.3f}", flush=True)
+                  f"in {info['elapsed_s']:.1f}s | eval mlm_acc {ev['mlm_accuracy']:.4f} "
+                  f"loss {ev['mlm_loss']:.3f}", flush=True)
             m, tps, info = run_hf(cfg, hf_tok, hf_ds, args.seconds, tmp / f"hf{r}", vocab, pad)
-            ev = evaluate_mlm(m, [(eval_ids, eval_labels)], pad)
-            res["hf"].append((tps, ev["eval_mlm_accuracy"], ev["eval_mlm_loss"]))
+            ev = mlm_metrics(m, [evalset], pad)
+            res["hf"].append((tps, ev["mlm_accuracy"], ev["mlm_loss"]))
             print(f"round {r + 1} HF:   {tps:,.0f} tok/s, step {info['steps']}, "
                   f"{info['steps'] * args.batch * cfg.data.max_seq_len:,} tokens in {info['elapsed_s']:.1f}s | "
-                  f"eval mlm_acc {ev['eval_mlm_accuracy']:.4f} loss {ev['eval_mlm_loss']:.3f}", flush=True)
+                  f"eval mlm_acc {ev['mlm_accuracy']:.4f} loss {ev['mlm_loss']:.3f}", flush=True)
 
     med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in res.items()}
     for k, (tps, acc, loss) in med.items():

@@ -15,17 +15,14 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-from ssl_core import config as config_mod
-from ssl_core.config import ConfigError, config_reference, load_config
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-config_mod.CONFIG_DIRS.append(CONFIG_DIR)
+from pipelines import configs
+from ssl_core.config import config_reference
+from ssl_core.errors import UserError
 
 
 def _shipped() -> str:
-    return ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    return ", ".join(configs.names())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,51 +87,37 @@ def _stop_ray() -> None:
     sys.stdout.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _run(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.cmd == "evaluate":                      # needs no --config
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from pipelines.evaluate import EvaluationError, ModelRefError, run_evaluate
-        try:
-            print(run_evaluate(args.model, args.tasks, args.corpus, args.data_root, args.json), flush=True)
-        except (EvaluationError, ModelRefError) as e:
-            print(f"sslpipe: error: {e}", file=sys.stderr)
-            return 2
+        from pipelines.evaluate import run_evaluate
+        print(run_evaluate(args.model, args.tasks, args.corpus, args.data_root, args.json), flush=True)
         return 0
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"sslpipe: error: {e}", file=sys.stderr)
-        return 2
+    cfg = configs.load_config(args.config, args.overrides)
     if args.cmd == "config":
         print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    if args.cmd == "data":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    elif args.cmd == "data":
         from pipelines.datacmd import run_preview, run_stats
-        from pipelines.pretrain import InputError
-        try:
-            print(run_stats(cfg) if args.data_cmd == "stats" else run_preview(cfg, args.n), flush=True)
-        except InputError as e:
-            print(f"sslpipe: error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    if args.cmd == "pretrain":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from pipelines.pretrain import InputError, run_pretrain
-        try:
-            res = run_pretrain(cfg, resume=args.resume)
-        except InputError as e:
-            print(f"sslpipe: error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("sslpipe: interrupted", file=sys.stderr)
-            return 130
+        print(run_stats(cfg) if args.data_cmd == "stats" else run_preview(cfg, args.n), flush=True)
+    elif args.cmd == "pretrain":
+        from pipelines.pretrain import run_pretrain
+        res = run_pretrain(cfg, resume=args.resume)
         _stop_ray()     # flush Ray's forwarded worker logs first: these two lines end the output
         print(res.model_uri)
         print(res.model_dir)
-        return 0
-    return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as e:           # every input the user can fix: one line, exit 2
+        print(f"sslpipe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sslpipe: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

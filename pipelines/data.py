@@ -2,10 +2,14 @@
 
 Thin Ray glue around ``ssl_core``:
 
-    read (one task per shard and epoch; documents streamed in batches, every record counted)
-      → examples (actor pool: one tokenizer + ExampleBuilder per actor; NSP pairs, contrastive
-        views, packing, word starts)
-      → train rows; validation rows are also MLM-masked here, at the fixed eval ratio and seed.
+    read (one task per shard and epoch: ``document_batches``, groups of data.batch_rows
+         documents, every record counted)
+      → examples (actor pool: one tokenizer + ExampleBuilder per actor; each group built on its
+        own with ``build_split``: NSP pairs, contrastive views, packing, word starts)
+      → train rows; validation rows are also MLM-masked there, at the fixed eval ratio and seed.
+
+Groups are built one by one even when Ray Data coalesces several into one block, so the rows are
+the ones ``ssl_core.training.local`` builds without Ray.
 
 The training stream is one pass over ``data.max_epochs`` epochs laid end to end, each row tagged
 with its epoch: NSP partners, views and (in the worker) MLM masks are redrawn every epoch, and
@@ -24,8 +28,7 @@ import ray
 
 from ssl_core.config import Config
 from ssl_core.examples import ExampleBuilder
-from ssl_core.model import EVAL_RATIO, EVAL_SEED
-from ssl_core.text import Shard, is_validation, iter_documents
+from ssl_core.text import Shard, document_batches, per_shard_limit
 
 
 @ray.remote(num_cpus=0)
@@ -43,33 +46,18 @@ class Stats:
 
 
 def _read(batch: dict, *, cfg: Config, per_shard_limit: int, stats) -> "iter":
-    """Generator UDF: each input row is (shard, epoch) → batches of documents."""
-    d = cfg.data
-    for kind, path, field, epoch in zip(batch["kind"], batch["path"], batch["text_field"], batch["epoch"]):
+    """Generator UDF: each input row is (shard, epoch) → groups of documents."""
+    for i, (kind, path, field, epoch) in enumerate(zip(batch["kind"], batch["path"],
+                                                       batch["text_field"], batch["epoch"])):
         shard = Shard(str(kind), str(path), str(field))
         c: Counter = Counter()
-        ids, texts, val = [], [], []
-        n = 0
-        for doc in iter_documents(shard, c, min_chars=d.min_chars, max_doc_chars=d.max_doc_chars):
-            ids.append(doc["id"])
-            texts.append(doc["text"])
-            val.append(is_validation(doc["id"], d.val_fraction))
-            n += 1
-            if len(ids) >= d.batch_rows:
-                yield _docs(ids, texts, val, epoch)
-                ids, texts, val = [], [], []
-            if per_shard_limit and n >= per_shard_limit:
-                c["stopped_at_max_documents"] += 1
-                break
-        if ids:
-            yield _docs(ids, texts, val, epoch)
+        for g, docs in enumerate(document_batches(shard, cfg.data, c, per_shard_limit)):
+            n = len(docs["id"])
+            yield {"id": np.array(docs["id"], dtype=object), "text": np.array(docs["text"], dtype=object),
+                   "val": np.array(docs["val"], dtype=bool), "epoch": np.full(n, int(epoch), np.int32),
+                   "group": np.full(n, f"{path}:{epoch}:{g}", dtype=object)}
         if int(epoch) == 0 and stats is not None:       # the corpus is counted once, not per epoch
             stats.add.remote(c)
-
-
-def _docs(ids, texts, val, epoch) -> dict:
-    return {"id": np.array(ids, dtype=object), "text": np.array(texts, dtype=object),
-            "val": np.array(val, dtype=bool), "epoch": np.full(len(ids), int(epoch), np.int32)}
 
 
 class BuildExamples:
@@ -79,22 +67,16 @@ class BuildExamples:
         self.b = ExampleBuilder(cfg, tokenizer_dir)
         self.split = split
         self.stats = stats
-        self.eval_masker = self.b.masker(ratio=EVAL_RATIO, strategy="token")
 
     def __call__(self, batch: dict) -> dict:
-        """Documents of one or more epochs (blocks may be coalesced) → rows, built per epoch."""
+        """Documents of one or more groups (blocks may be coalesced) → rows, group by group."""
         parts = []
-        keep = batch["val"] == (self.split == "val")
-        epochs = batch["epoch"]
-        for epoch in (np.unique(epochs[keep]) if keep.any() else np.array([0])):
-            sel = keep & (epochs == epoch)
-            ids = [str(x) for x in batch["id"][sel]]
-            texts = [str(x) for x in batch["text"][sel]]
-            rows, c = self.b.build(ids, texts, int(epoch))
-            if self.split == "val":
-                rows["input_ids"], rows["labels"] = self.eval_masker.keyed(
-                    rows["input_ids"], seed=EVAL_SEED, epoch=0)
-            if self.stats is not None and int(epoch) == 0:
+        for group in dict.fromkeys(batch["group"]):           # in order of arrival
+            sel = batch["group"] == group
+            docs = {k: batch[k][sel] for k in ("id", "text", "val")}
+            epoch = int(batch["epoch"][sel][0])
+            rows, c = self.b.build_split(docs, self.split, epoch)
+            if self.stats is not None and epoch == 0:
                 self.stats.add.remote({f"{self.split}_{k}": v for k, v in c.items()})
             parts.append(rows)
         return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -110,7 +92,7 @@ def quiet_data_context() -> None:
 
 def documents(cfg: Config, shards: list[Shard], epochs: int, stats=None) -> "ray.data.Dataset":
     items = [dict(dataclasses.asdict(s), epoch=e) for e in range(epochs) for s in shards]
-    limit = -(-cfg.data.max_documents // len(shards)) if cfg.data.max_documents else 0
+    limit = per_shard_limit(cfg.data.max_documents, len(shards))
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
     return ds.map_batches(_read, batch_size=1,
                           fn_kwargs=dict(cfg=cfg, per_shard_limit=limit, stats=stats))

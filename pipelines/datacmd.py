@@ -15,7 +15,7 @@ from ssl_core.masking import IGNORE_INDEX
 
 
 def _prepare(cfg: Config, tmp: str):
-    from pipelines.pretrain import corpus_shards, ensure_ray, tokenizer_for
+    from pipelines.prepare import corpus_shards, ensure_ray, tokenizer_for
 
     shards = corpus_shards(cfg)
     tok_dir = tokenizer_for(cfg, shards, Path(tmp) / "tokenizer")
@@ -58,7 +58,7 @@ def _decode(tok, ids: np.ndarray, pad_id: int) -> str:
 def run_preview(cfg: Config, n: int = 3) -> str:
     from pipelines.data import examples
     from ssl_core.examples import ExampleBuilder
-    from ssl_core.masking import row_keys
+    from ssl_core.masking import mask_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         shards, tok_dir = _prepare(cfg, tmp)
@@ -71,9 +71,7 @@ def run_preview(cfg: Config, n: int = 3) -> str:
              f"<[MASK]>, <random!> or <kept>)"]
     if o.mlm:
         m = b.masker()
-        ids, labels = m.keyed(rows["input_ids"], seed=cfg.masking.seed,
-                              keys=row_keys(rows["input_ids"], cfg.masking.seed, rows["epoch"]),
-                              word_start=rows["word_start"].astype(bool))
+        ids, labels = mask_rows(m, rows, cfg.masking.seed)
     for i in range(len(rows["input_ids"])):
         lines.append(f"--- example {i}")
         if o.mlm:

@@ -23,11 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ssl_core.errors import UserError
 from ssl_core.evaluation import EvaluationError, evaluate, format_table, parse_tasks
 from ssl_core.export import SIDE_FILES, TOKENIZER_FILES
 
 
-class ModelRefError(ValueError):
+class ModelRefError(UserError):
     """MODEL cannot be resolved to a model directory."""
 
 

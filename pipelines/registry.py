@@ -1,11 +1,14 @@
-"""MLflow side: where runs go, params and artifacts, and the model in the Model Registry.
+"""MLflow side: where runs go, params and artifacts, metrics from the training worker, and the
+model in the Model Registry.
 
 ``MLFLOW_TRACKING_URI`` wins; without it runs go to a SQLite store in the working directory
 (``./mlflow.db``, artifacts in ``./mlruns``): the registry needs a database-backed store.
 """
 from __future__ import annotations
 
+import math
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +18,42 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 class TrackingError(RuntimeError):
     """The MLflow tracking server cannot be used (unreachable, unhealthy)."""
+
+
+class MetricLogger:
+    """Metrics from the training worker (rank 0) into the MLflow run the driver opened, logged
+    asynchronously: a training step never waits on the tracking store."""
+
+    def __init__(self, uri: str, run_id: str):
+        from ssl_core.log import say
+
+        self.say, self.run_id, self.pending = say, run_id, []
+        self.client = None
+        try:
+            from mlflow.tracking import MlflowClient
+            self.client = MlflowClient(tracking_uri=uri)
+        except Exception as e:  # mlflow missing on a bare GPU box
+            say(f"MLflow logging from the worker disabled: {e}")
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        try:
+            self.pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+        except Exception as e:
+            self.say(f"could not log metrics to MLflow at step {step}: {e}")
+
+    def flush(self) -> None:
+        for op in self.pending:
+            try:
+                op.wait()
+            except Exception as e:
+                self.say(f"could not log metrics to MLflow: {e}")
+        self.pending.clear()
 
 
 def tracking_uri(workdir: str | Path | None = None) -> str:

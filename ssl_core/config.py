@@ -3,8 +3,11 @@
 Unknown keys are an error that names the key; ``--set section.key=value`` overrides are
 parsed as YAML scalars and type-checked against the field they set.
 
-    from ssl_core.config import load_config
-    cfg = load_config("tiny", ["train.max_steps=20"])
+    cfg = load_config("path/to/my.yaml", ["train.max_steps=20"])
+    cfg = Config.from_dict(json.loads(text))          # validated, e.g. a saved run's config
+
+Shipped configs (``default``, ``tiny``, ...) live in ``pipelines/configs`` and are found by name
+through ``pipelines.configs.load_config``, which passes their directory as ``search``.
 """
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
+from ssl_core.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration the user can fix: an unknown key, a wrong type, a bad value."""
 
 
@@ -241,6 +246,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        """A validated Config from a (possibly partial) dict of sections; ConfigError names the
+        first unknown key, wrong type or bad value."""
+        return _build(cls, raw).validate()
+
 
 def _check(ok: bool, msg: str) -> None:
     if not ok:
@@ -310,20 +321,21 @@ def _build(cls, raw: dict[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
-CONFIG_DIRS: list[Path] = []   # filled by pipelines with its shipped configs directory
-
-
-def resolve_config_path(name_or_path: str) -> Path:
+def resolve_config_path(name_or_path: str, search: Iterable = ()):
+    """A config file: ``name_or_path`` itself when it is a path to a YAML file, else
+    ``NAME.yaml`` in one of the ``search`` directories (``pathlib.Path`` or
+    ``importlib.resources`` traversables)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise ConfigError(f"config file '{name_or_path}' does not exist")
         return p
-    for d in CONFIG_DIRS:
+    search = list(search)
+    for d in search:
         cand = d / f"{name_or_path}.yaml"
         if cand.is_file():
             return cand
-    shipped = sorted(c.stem for d in CONFIG_DIRS for c in d.glob("*.yaml"))
+    shipped = sorted(c.name[:-5] for d in search for c in d.iterdir() if c.name.endswith(".yaml"))
     raise ConfigError(f"no config named '{name_or_path}' (shipped: {', '.join(shipped) or 'none'}; "
                       "or pass a path to a .yaml file)")
 
@@ -342,11 +354,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (a shipped name or a path), apply ``section.key=value`` overrides."""
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None,
+                search: Iterable = ()) -> Config:
+    """Load a YAML config (a path, or a name found in ``search``), apply ``section.key=value``
+    overrides, validate."""
     raw: dict[str, Any] = {}
     if name_or_path:
-        path = resolve_config_path(name_or_path)
+        path = resolve_config_path(name_or_path, search)
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -361,7 +375,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
             if not isinstance(node, dict):
                 raise ConfigError(f"--set '{item}': '{k}' is not a section")
         node[keys[-1]] = value
-    return _build(Config, raw).validate()
+    return Config.from_dict(raw)
 
 
 def config_reference() -> list[tuple[str, str, Any]]:

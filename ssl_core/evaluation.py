@@ -6,7 +6,8 @@ Tasks (every score is a fraction in [0, 1] or a Spearman ρ in [-1, 1], never x1
 
 * ``mlm``       MLM loss / accuracy at a FIXED 15% token mask (80/10/10, seed ``EVAL_SEED``) on the
                 held-out documents of the corpus (``is_validation``), rows built by ``ExampleBuilder``
-                exactly as ``pipelines/data.py`` builds validation rows. Needs an MLM head.
+                from ``document_batches`` exactly as the data stage builds validation rows, scored by
+                ``mlm_metrics`` (the trainer's evaluator too). Needs an MLM head.
 * ``nsp``       NSP accuracy on held-out pairs (unmasked), with the head in ``sslpipe_heads.safetensors``.
 * ``stsb``, ``sick``  Spearman ρ between the cosine of pooled embeddings and the gold scores (dev).
 * ``sst2``, ``trec``  linear probe (logistic regression on frozen pooled embeddings): SST-2 trained
@@ -18,6 +19,9 @@ Pooling is read from the directory's sentence-transformers ``Pooling`` config (`
 none), the maximum length from ``sentence_bert_config.json`` / the tokenizer. Labelled data comes from
 ``data_root`` (default ``SSLPIPE_DATA_ROOT`` or ``../shared/data`` beside the checkout); a missing
 file skips its task with a note, and no test split is ever read.
+
+A new task is a function ``task_NAME(lm, ctx) -> (metrics, note)`` added to ``TASK_FUNCTIONS`` (and
+its name to ``ssl_core.config.EVAL_TASKS``, its rows to ``_ROWS``).
 """
 from __future__ import annotations
 
@@ -28,16 +32,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:                       # torch is imported where it is used: fast CLI errors
-    import torch
+from typing import Any, Callable
 
 import numpy as np
 
 from ssl_core.config import EVAL_TASKS, Config, ConfigError
+from ssl_core.errors import UserError
 from ssl_core.export import CONFIG_FILE, HEADS_FILE
-from ssl_core.masking import IGNORE_INDEX
+from ssl_core.masking import EVAL_RATIO, EVAL_SEED, IGNORE_INDEX
 
 TASKS = EVAL_TASKS
 MAX_EVAL_ROWS = 512           # held-out rows for mlm / nsp (keeps the suite quick on CPU)
@@ -67,7 +69,7 @@ _ROWS = {
 }
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     """The model directory or the task list cannot be used as given."""
 
 
@@ -149,19 +151,19 @@ class LoadedModel:
         return "mean"
 
     def _max_len(self) -> int:
+        from ssl_core.encoder import usable_positions
+
         sb = self.dir / "sentence_bert_config.json"
         n = json.loads(sb.read_text(encoding="utf-8")).get("max_seq_length") if sb.is_file() else None
         n = n or self.tokenizer.model_max_length
-        pos = getattr(self.config, "max_position_embeddings", None)
-        if pos:
-            if self.config.model_type in ("roberta", "xlm-roberta", "camembert"):
-                pos -= (self.config.pad_token_id or 0) + 1
-            n = min(n, pos)
-        return int(min(n, 512))
+        pos = usable_positions(self.config)
+        return int(min(n, pos or n, 512))
 
     def encode(self, sentences: list[str], batch_size: int = 64) -> np.ndarray:
         """Pooled embeddings (N, H), float32; batches sorted by length (less padding on CPU)."""
         import torch
+
+        from ssl_core.encoder import pool
 
         order = np.argsort([-len(s) for s in sentences], kind="stable")
         out = np.zeros((len(sentences), self.config.hidden_size), dtype=np.float32)
@@ -175,40 +177,26 @@ class LoadedModel:
         return out
 
 
-def pool(hidden: "torch.Tensor", attention_mask: "torch.Tensor", mode: str) -> "torch.Tensor":
-    """(B, T, H), (B, T) -> (B, H): mean over real tokens, the [CLS] (first) state (as trained:
-    ``ssl_core.objectives.contrastive.pool``), or max."""
-    import torch
-    from ssl_core.objectives.contrastive import pool as trained_pool
-
-    if mode == "max":
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(1).values
-    return trained_pool(hidden, attention_mask, mode)
-
-
 # ---------------------------------------------------------------- held-out rows (mlm, nsp)
 
 def load_train_config(model_dir: Path) -> tuple[Config, str]:
     """The training config saved beside the model, else the defaults (and which one it was)."""
-    from ssl_core.config import _build
-
     p = model_dir / CONFIG_FILE
     if not p.is_file():
         return Config(), "default config (no sslpipe_config.json)"
     try:
-        return _build(Config, json.loads(p.read_text(encoding="utf-8"))).validate(), CONFIG_FILE
+        return Config.from_dict(json.loads(p.read_text(encoding="utf-8"))), CONFIG_FILE
     except ConfigError as e:
         raise _Skip(f"{p} does not match this version's config ({e})") from None
 
 
 def heldout_rows(cfg: Config, tokenizer_dir: Path, max_rows: int) -> tuple[dict, Any, str]:
-    """Rows of the held-out documents (``is_validation``), built as the data pipeline builds them,
-    reading at most the documents the pipeline reads (``data.max_documents``), up to ``max_rows``."""
+    """Unmasked rows of the held-out documents (``is_validation``), built group by group from
+    ``document_batches`` as the data stage builds them, reading at most the documents the
+    pipeline reads (``data.max_documents``), up to ``max_rows``."""
     from ssl_core.examples import ExampleBuilder
-    from ssl_core.text import CorpusError, is_validation, iter_documents, resolve_corpus
+    from ssl_core.text import CorpusError, document_batches, per_shard_limit, resolve_corpus
 
-    d = cfg.data
     b = ExampleBuilder(cfg, str(tokenizer_dir))
     b.tok.no_padding()
     b.tok.no_truncation()
@@ -216,43 +204,37 @@ def heldout_rows(cfg: Config, tokenizer_dir: Path, max_rows: int) -> tuple[dict,
         raise _Skip("the tokenizer lacks BERT special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) that "
                     "the example builder needs")
     try:
-        shards = resolve_corpus(d.corpus, d.text_field)
+        shards = resolve_corpus(cfg.data.corpus, cfg.data.text_field)
     except CorpusError as e:
         raise _Skip(str(e)) from None
-    limit = -(-d.max_documents // len(shards)) if d.max_documents else 0
-    parts: list[dict] = []
-    n_docs = 0
-
-    def flush(ids: list[str], texts: list[str]) -> None:
-        nonlocal n_docs
-        if ids:
-            parts.append(b.build(ids, texts, epoch=0)[0])
-            n_docs += len(ids)
-
-    def n_rows() -> int:
-        return sum(len(p["input_ids"]) for p in parts)
-
-    for shard in shards:            # as pipelines/data.py: batches of batch_rows documents read,
-        ids, texts, n = [], [], 0    # of which the held-out ones are built together
-        for doc in iter_documents(shard, min_chars=d.min_chars, max_doc_chars=d.max_doc_chars):
-            n += 1
-            if is_validation(doc["id"], d.val_fraction):
-                ids.append(doc["id"])
-                texts.append(doc["text"])
-            if n % d.batch_rows == 0:
-                flush(ids, texts)
-                ids, texts = [], []
-                if n_rows() >= max_rows:
-                    break
-            if limit and n >= limit:
+    limit = per_shard_limit(cfg.data.max_documents, len(shards))
+    parts, n_docs, n_rows = [], 0, 0
+    for shard in shards:
+        for docs in document_batches(shard, cfg.data, limit=limit):
+            rows, c = b.build_split(docs, "val", mask_val=False)
+            if len(rows["input_ids"]):
+                parts.append(rows)
+            n_docs += c["documents"]
+            n_rows += len(rows["input_ids"])
+            if n_rows >= max_rows:
                 break
-        flush(ids, texts)
-        if n_rows() >= max_rows:
+        if n_rows >= max_rows:
             break
-    if not n_rows():
-        raise _Skip(f"no held-out documents in corpus '{d.corpus}' (data.val_fraction={d.val_fraction})")
+    if not n_rows:
+        raise _Skip(f"no held-out documents in corpus '{cfg.data.corpus}' "
+                    f"(data.val_fraction={cfg.data.val_fraction})")
     rows = {k: np.concatenate([p[k] for p in parts])[:max_rows] for k in parts[0]}
-    return rows, b, f"{n_docs:,} held-out documents of {d.corpus}"
+    return rows, b, f"{n_docs:,} held-out documents of {cfg.data.corpus}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """What the tasks share: held-out corpus override, labelled-data root, sizes."""
+    corpus: str | None
+    root: Path
+    batch_size: int = 64
+    max_rows: int = MAX_EVAL_ROWS
+    probe_train_size: int = SST2_TRAIN_SAMPLE
 
 
 def _eval_config(lm: LoadedModel, corpus: str | None) -> tuple[Config, str]:
@@ -262,96 +244,44 @@ def _eval_config(lm: LoadedModel, corpus: str | None) -> tuple[Config, str]:
     return cfg, src
 
 
-def mlm_metrics(model, ids: np.ndarray, labels: np.ndarray, pad_id: int, token_type_ids=None,
-                batch_size: int = 64) -> dict[str, float]:
-    """MLM loss / accuracy over masked positions; the vocabulary projection runs only there."""
-    import torch
-
-    with torch.no_grad():
-        return _mlm_metrics(model, ids, labels, pad_id, token_type_ids, batch_size)
-
-
-def _mlm_metrics(model, ids, labels, pad_id, token_type_ids, batch_size) -> dict[str, float]:
-    import torch
-
-    from ssl_core.model import mlm_logits_at
-    from ssl_core.objectives.mlm import mlm_loss
-
-    tot_loss, tot_correct, tot_n = 0.0, 0, 0
-    for i in range(0, len(ids), batch_size):
-        x = torch.as_tensor(ids[i:i + batch_size], dtype=torch.long)          # (B, T)
-        y = torch.as_tensor(labels[i:i + batch_size], dtype=torch.long)       # (B, T)
-        sel = y != IGNORE_INDEX
-        if not sel.any():
-            continue
-        tt = None if token_type_ids is None else \
-            torch.as_tensor(token_type_ids[i:i + batch_size], dtype=torch.long)
-        logits = mlm_logits_at(model, x, (x != pad_id).long(), sel, tt)        # (M, V)
-        total, correct = mlm_loss(logits, y[sel])
-        tot_loss += float(total)
-        tot_correct += int(correct)
-        tot_n += int(sel.sum())
-    if not tot_n:
-        raise _Skip("no masked token in the held-out rows")
-    return {"mlm_loss": tot_loss / tot_n, "mlm_accuracy": tot_correct / tot_n, "mlm_tokens": float(tot_n)}
-
-
-def _token_types(lm: LoadedModel, rows: dict):
-    """Segment ids of NSP rows, when the model has segment embeddings for them (RoBERTa-style
-    configs with ``type_vocab_size`` 1 get none)."""
-    tt = rows.get("token_type_ids")
-    return tt if tt is not None and getattr(lm.config, "type_vocab_size", 1) > 1 else None
-
-
-def task_mlm(lm: LoadedModel, corpus: str | None, batch_size: int, max_rows: int):
-    from ssl_core.model import EVAL_RATIO, EVAL_SEED
+def task_mlm(lm: LoadedModel, ctx: EvalContext):
+    from ssl_core.objectives.mlm import mlm_metrics
 
     if lm.mlm is None:
         raise _Skip(lm.no_head_reason)
-    cfg, src = _eval_config(lm, corpus)
-    rows, b, what = heldout_rows(cfg, lm.dir, max_rows)
-    ids, labels = b.masker(ratio=EVAL_RATIO, strategy="token").keyed(rows["input_ids"], seed=EVAL_SEED, epoch=0)
-    r = mlm_metrics(lm.mlm, ids, labels, b.sp["pad"], _token_types(lm, rows), batch_size)
-    return r, (f"{len(ids):,} rows, {int(r['mlm_tokens']):,} masked tokens, {what}; "
+    cfg, src = _eval_config(lm, ctx.corpus)
+    rows, b, what = heldout_rows(cfg, lm.dir, ctx.max_rows)
+    masked = b.mask_for_eval(rows)
+    r = mlm_metrics(lm.mlm, [masked], b.sp["pad"], ctx.batch_size)
+    if not r["mlm_tokens"]:
+        raise _Skip("no masked token in the held-out rows")
+    return r, (f"{len(rows['input_ids']):,} rows, {int(r['mlm_tokens']):,} masked tokens, {what}; "
                f"{EVAL_RATIO:.0%} token mask seed {EVAL_SEED}; {src}")
 
 
-def task_nsp(lm: LoadedModel, corpus: str | None, batch_size: int, max_rows: int):
+def task_nsp(lm: LoadedModel, ctx: EvalContext):
     heads = lm.dir / HEADS_FILE
     if not heads.is_file():
         raise _Skip(f"no {HEADS_FILE} in the model directory (not trained with NSP)")
-    import torch
     from safetensors.torch import load_file
 
-    sd = {k[len("nsp_head."):]: v for k, v in load_file(str(heads)).items() if k.startswith("nsp_head.")}
+    from ssl_core.objectives.nsp import HEAD_PREFIX, nsp_head, nsp_metrics
+
+    sd = {k[len(HEAD_PREFIX):]: v for k, v in load_file(str(heads)).items() if k.startswith(HEAD_PREFIX)}
     if not sd:
-        raise _Skip(f"{HEADS_FILE} holds no nsp_head.* weights")
-    H = lm.config.hidden_size
-    head = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.Tanh(), torch.nn.Linear(H, 2))
+        raise _Skip(f"{HEADS_FILE} holds no {HEAD_PREFIX}* weights")
+    head = nsp_head(lm.config.hidden_size)
     head.load_state_dict(sd)
-    head.eval()
-    cfg, src = _eval_config(lm, corpus)
+    cfg, src = _eval_config(lm, ctx.corpus)
     cfg = dataclasses.replace(cfg, objectives=dataclasses.replace(cfg.objectives, nsp=True))
-    rows, b, what = heldout_rows(cfg, lm.dir, 4 * max_rows)
-    keep = rows["nsp_label"] != IGNORE_INDEX
-    tt = _token_types(lm, rows)
-    x_all, y_all = rows["input_ids"][keep][:max_rows], rows["nsp_label"][keep][:max_rows]
-    tt_all = tt[keep][:max_rows] if tt is not None else None
-    if not len(y_all):
+    rows, b, what = heldout_rows(cfg, lm.dir, 4 * ctx.max_rows)
+    keep = np.flatnonzero(rows["nsp_label"] != IGNORE_INDEX)[:ctx.max_rows]
+    if not len(keep):
         raise _Skip(f"no labelled NSP pair in the {what}")
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(y_all), batch_size):
-            x = torch.as_tensor(x_all[i:i + batch_size], dtype=torch.long)
-            kw = {} if tt_all is None else {"token_type_ids": torch.as_tensor(tt_all[i:i + batch_size],
-                                                                              dtype=torch.long)}
-            h = lm.encoder(input_ids=x, attention_mask=(x != b.sp["pad"]).long(),
-                           **kw).last_hidden_state                             # (B, T, H)
-            pred = head(h[:, 0]).argmax(-1).numpy()
-            correct += int((pred == y_all[i:i + batch_size]).sum())
-    share = float((y_all == 1).mean())
-    return ({"nsp_accuracy": correct / len(y_all), "nsp_pairs": float(len(y_all))},
-            f"{len(y_all):,} unmasked pairs (NotNext share {share:.2f}), {what}")
+    pairs = {k: v[keep] for k, v in rows.items()}
+    r = nsp_metrics(lm.encoder, head, [pairs], b.sp["pad"], ctx.batch_size)
+    share = float((pairs["nsp_label"] == 1).mean())
+    return r, f"{int(r['nsp_pairs']):,} unmasked pairs (NotNext share {share:.2f}), {what}"
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -359,7 +289,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def task_sts(lm: LoadedModel, path: Path, score_col: str, batch_size: int):
+def _sts(lm: LoadedModel, path: Path, score_col: str, batch_size: int) -> tuple[float, str]:
     rows = read_tsv(path)
     s1, s2 = [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
     gold = np.array([float(r[score_col]) for r in rows])
@@ -369,6 +299,16 @@ def task_sts(lm: LoadedModel, path: Path, score_col: str, batch_size: int):
     pos = {s: i for i, s in enumerate(uniq)}
     cos = (emb[[pos[s] for s in s1]] * emb[[pos[s] for s in s2]]).sum(1)
     return _spearman(cos, gold), f"{len(rows):,} pairs of {path}"
+
+
+def task_stsb(lm: LoadedModel, ctx: EvalContext):
+    rho, note = _sts(lm, ctx.root / "stsb" / "dev.tsv", "score", ctx.batch_size)
+    return {"stsb_spearman": rho}, note
+
+
+def task_sick(lm: LoadedModel, ctx: EvalContext):
+    rho, note = _sts(lm, ctx.root / "sick" / "dev.tsv", "relatedness_score", ctx.batch_size)
+    return {"sick_spearman": rho}, note
 
 
 def _probe(lm: LoadedModel, train_x, train_y, test_x, test_y, batch_size: int) -> float:
@@ -381,29 +321,29 @@ def _probe(lm: LoadedModel, train_x, train_y, test_x, test_y, batch_size: int) -
     return float((clf.predict(lm.encode(test_x, batch_size)) == np.asarray(test_y)).mean())
 
 
-def task_sst2(lm: LoadedModel, root: Path, batch_size: int, train_size: int = SST2_TRAIN_SAMPLE):
-    train, dev = read_tsv(root / "sst2" / "train.tsv"), read_tsv(root / "sst2" / "dev.tsv")
+def task_sst2(lm: LoadedModel, ctx: EvalContext):
+    train, dev = read_tsv(ctx.root / "sst2" / "train.tsv"), read_tsv(ctx.root / "sst2" / "dev.tsv")
     rng = np.random.default_rng(SAMPLE_SEED)
-    pick = rng.choice(len(train), size=min(train_size, len(train)), replace=False)
+    pick = rng.choice(len(train), size=min(ctx.probe_train_size, len(train)), replace=False)
     tr = [train[i] for i in pick]
     acc = _probe(lm, [r["sentence"] for r in tr], [r["label"] for r in tr],
-                 [r["sentence"] for r in dev], [r["label"] for r in dev], batch_size)
-    return acc, (f"logistic regression on {len(tr):,} seeded train sentences (seed {SAMPLE_SEED}), "
-                 f"{len(dev):,} dev sentences")
+                 [r["sentence"] for r in dev], [r["label"] for r in dev], ctx.batch_size)
+    return {"sst2_accuracy": acc}, (f"logistic regression on {len(tr):,} seeded train sentences "
+                                    f"(seed {SAMPLE_SEED}), {len(dev):,} dev sentences")
 
 
-def task_trec(lm: LoadedModel, root: Path, batch_size: int):
-    rows = read_tsv(root / "trec" / "train.tsv")
+def task_trec(lm: LoadedModel, ctx: EvalContext):
+    rows = read_tsv(ctx.root / "trec" / "train.tsv")
     perm = np.random.default_rng(SAMPLE_SEED).permutation(len(rows))
     cut = int(round(0.8 * len(rows)))
     tr, te = [rows[i] for i in perm[:cut]], [rows[i] for i in perm[cut:]]
     acc = _probe(lm, [r["text"] for r in tr], [r["coarse_label"] for r in tr],
-                 [r["text"] for r in te], [r["coarse_label"] for r in te], batch_size)
-    return acc, (f"6 coarse classes; no dev split here: fixed 80/20 split of train (seed {SAMPLE_SEED}), "
-                 f"{len(tr):,} / {len(te):,}")
+                 [r["text"] for r in te], [r["coarse_label"] for r in te], ctx.batch_size)
+    return {"trec_accuracy": acc}, (f"6 coarse classes; no dev split here: fixed 80/20 split of "
+                                    f"train (seed {SAMPLE_SEED}), {len(tr):,} / {len(te):,}")
 
 
-def task_fillmask(lm: LoadedModel):
+def task_fillmask(lm: LoadedModel, ctx: EvalContext):
     import torch
 
     if lm.mlm is None:
@@ -430,11 +370,17 @@ def task_fillmask(lm: LoadedModel):
             f"{len(examples)} fixed probes; a smoke check of the MLM head")
 
 
+TASK_FUNCTIONS: dict[str, Callable[[LoadedModel, EvalContext], tuple[dict, str]]] = {
+    "mlm": task_mlm, "nsp": task_nsp, "stsb": task_stsb, "sick": task_sick, "sst2": task_sst2,
+    "trec": task_trec, "fillmask": task_fillmask}
+
+
 # ---------------------------------------------------------------- the suite
 
 def evaluate(model_dir: str | Path, tasks: str | list[str] | None = None, *,
              data_root: str | Path | None = None, corpus: str | None = None, batch_size: int = 64,
-             max_rows: int = MAX_EVAL_ROWS, probe_train_size: int = SST2_TRAIN_SAMPLE, progress: Callable[[str], Any] | None = print) -> dict[str, Any]:
+             max_rows: int = MAX_EVAL_ROWS, probe_train_size: int = SST2_TRAIN_SAMPLE,
+             progress: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Run the tasks on one model directory. Returns float metrics by key (``mlm_loss``,
     ``mlm_accuracy``, ``nsp_accuracy``, ``stsb_spearman``, ``sick_spearman``, ``sst2_accuracy``,
     ``trec_accuracy``, ``fillmask_top5_hit_rate``, ...) plus non-float entries: ``skipped``
@@ -442,7 +388,8 @@ def evaluate(model_dir: str | Path, tasks: str | list[str] | None = None, *,
     max_seq_len) and, with fillmask, ``fillmask_examples`` ([(sentence, [top-k tokens])]).
     ``numeric(results)`` keeps the floats. ``probe_train_size``: SST-2 train sentences for the probe."""
     names = parse_tasks(tasks)
-    root = Path(data_root) if data_root else default_data_root()
+    ctx = EvalContext(corpus, Path(data_root) if data_root else default_data_root(), batch_size,
+                      max_rows, probe_train_size)
     if corpus and {"mlm", "nsp"} & set(names):           # a corpus given by hand must exist
         from ssl_core.text import CorpusError, resolve_corpus
         try:
@@ -456,24 +403,7 @@ def evaluate(model_dir: str | Path, tasks: str | list[str] | None = None, *,
     for name in names:
         t0 = time.perf_counter()
         try:
-            if name == "mlm":
-                out, note = task_mlm(lm, corpus, batch_size, max_rows)
-            elif name == "nsp":
-                out, note = task_nsp(lm, corpus, batch_size, max_rows)
-            elif name == "stsb":
-                rho, note = task_sts(lm, root / "stsb" / "dev.tsv", "score", batch_size)
-                out = {"stsb_spearman": rho}
-            elif name == "sick":
-                rho, note = task_sts(lm, root / "sick" / "dev.tsv", "relatedness_score", batch_size)
-                out = {"sick_spearman": rho}
-            elif name == "sst2":
-                acc, note = task_sst2(lm, root, batch_size, probe_train_size)
-                out = {"sst2_accuracy": acc}
-            elif name == "trec":
-                acc, note = task_trec(lm, root, batch_size)
-                out = {"trec_accuracy": acc}
-            else:
-                out, note = task_fillmask(lm)
+            out, note = TASK_FUNCTIONS[name](lm, ctx)
         except _Skip as e:
             res["skipped"][name] = str(e)
             say(f"[evaluate] {name}: skipped: {e}")

@@ -10,11 +10,13 @@ One row is one text unit, and carries the columns of every enabled objective:
   units, of segment A).
 
 Every row has ``input_ids`` (T,), ``word_start`` (T,) (for whole-word / span masking),
-``num_tokens`` and ``epoch``. MLM masks are drawn later, per batch, by ``MlmMasker.keyed`` from
-(seed, epoch, row): new masks each epoch, the same whatever the number of workers.
+``num_tokens`` and ``epoch``. Training masks are drawn later, per batch, by the MLM objective
+(``MlmMasker.keyed`` from (seed, epoch, row)): new masks each epoch, the same whatever the number
+of workers. Validation rows are masked here once, at ``EVAL_RATIO`` with ``EVAL_SEED``.
 
     b = ExampleBuilder(cfg, tokenizer_dir)
     rows, counts = b.build(doc_ids, texts, epoch=0)
+    rows, counts = b.build_split(document_batch, "val")      # held-out documents, eval-masked
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from ssl_core.augment import make_view, parse_chain
 from ssl_core.config import Config
-from ssl_core.masking import MlmMasker
+from ssl_core.masking import EVAL_RATIO, EVAL_SEED, MlmMasker
 from ssl_core.packing import pack_documents
 from ssl_core.pairs import NspBuilder
 from ssl_core.text import doc_hash, split_sentences
@@ -67,6 +69,27 @@ class ExampleBuilder:
         return MlmMasker(self.vocab_size, self.sp["mask"], self.special_ids,
                          ratio=ratio or m.ratio, mask_prob=m.mask_prob, random_prob=m.random_prob,
                          strategy=strategy or m.strategy, span_p=m.span_p, span_max=m.span_max)
+
+    def mask_for_eval(self, rows: dict) -> dict:
+        """``rows`` with ``input_ids`` masked and ``labels`` at the fixed evaluation ratio and seed
+        (token masking, 80/10/10): the same masks in every run, trial and evaluation."""
+        rows = dict(rows)
+        rows["input_ids"], rows["labels"] = self.masker(ratio=EVAL_RATIO, strategy="token").keyed(
+            rows["input_ids"], seed=EVAL_SEED, epoch=0)
+        return rows
+
+    def build_split(self, docs: dict, split: str, epoch: int = 0,
+                    mask_val: bool = True) -> tuple[dict, Counter]:
+        """Rows of the documents of one ``split`` ("train" or "val") in a document batch
+        (``{"id", "text", "val"}``, as ``ssl_core.text.document_batches`` yields them);
+        validation rows are eval-masked unless ``mask_val`` is False."""
+        want = split == "val"
+        keep = [bool(v) == want for v in docs["val"]]
+        rows, c = self.build([str(i) for i, k in zip(docs["id"], keep) if k],
+                             [str(t) for t, k in zip(docs["text"], keep) if k], epoch)
+        if want and mask_val:
+            rows = self.mask_for_eval(rows)
+        return rows, c
 
     def word_start(self, ids: np.ndarray) -> np.ndarray:
         """(B, T) bool: the token begins a word (special tokens count as words)."""

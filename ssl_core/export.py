@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:                       # torch is imported where it is used: fast CLI errors
     import torch
 
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls")     # what training pools with (``ssl_core.encoder.pool``)
 HEADS_FILE = "sslpipe_heads.safetensors"
 CONFIG_FILE = "sslpipe_config.json"
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
@@ -111,18 +111,6 @@ def write_sentence_transformers_files(out: Path, hidden_size: int, pooling: str,
     })
 
 
-def _unwrap(model) -> "torch.nn.Module":
-    """The Hugging Face model inside DDP (``.module``) / training wrappers (``.hf``)."""
-    while not hasattr(model, "save_pretrained"):
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "hf"):
-            model = model.hf
-        else:
-            raise TypeError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)")
-    return model
-
-
 def _encoder_kwargs(model) -> dict:
     """``add_pooling_layer=False`` when the bare encoder class takes it (BERT, RoBERTa, ...): the MLM
     checkpoint has no pooler, and pooling is done by the Pooling module, so none is built."""
@@ -141,15 +129,18 @@ def export_model(hf_model, tokenizer_dir: str | Path, out_dir: str | Path, *, po
     sentence-transformers module files (+ extra heads, + training config) into ``out_dir``."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    model = _unwrap(hf_model)
+    from transformers.utils import logging as hf_logging
+
+    from ssl_core.encoder import unwrap, usable_positions   # torch: only when exporting
+
+    hf_logging.disable_progress_bar()                     # no "Writing model shards" bar in logs
+
+    model = unwrap(hf_model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)                              # config.json + model.safetensors
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    # RoBERTa-style position ids start after the padding index: usable length is smaller.
-    if max_pos and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        max_pos -= (model.config.pad_token_id or 0) + 1
-    length = min(int(max_seq_len), int(max_pos)) if max_pos else int(max_seq_len)
+    max_pos = usable_positions(model.config)
+    length = min(int(max_seq_len), max_pos) if max_pos else int(max_seq_len)
     copy_tokenizer(tokenizer_dir, out, length)
     write_sentence_transformers_files(out, model.config.hidden_size, pooling, length,
                                       _encoder_kwargs(model))

@@ -9,7 +9,8 @@ Two ways to draw the randomness, one masking rule:
 * ``MlmMasker.__call__(ids, rng)``: from an explicit ``np.random.Generator``.
 * ``MlmMasker.keyed(ids, seed, epoch)``: from a counter-based hash of (seed, epoch, row content,
   position). A row gets the same mask however the rows are batched or spread over workers, and a
-  new one each epoch. This is what the Ray Data pipeline uses.
+  new one each epoch. The training loop masks every batch this way (at the step's ratio of the
+  schedule), and validation rows are masked once this way at ``EVAL_RATIO`` with ``EVAL_SEED``.
 
 Cost: one 16-bit draw per token, then work only on the ~``ratio`` selected positions
 (``benchmarks/masking.py`` measures it against Hugging Face's collator).
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 IGNORE_INDEX = -100
+EVAL_RATIO = 0.15      # MLM is always *evaluated* at 15% (token masking), whatever the training ratio
+EVAL_SEED = 1234       # ... with the same masks every time, so runs and trials are comparable
 _U16 = 1 << 16
 
 # Counter-based hashing for the keyed path; every op wraps (mod 2**32 or 2**64).
@@ -246,6 +249,15 @@ class MlmMasker:
             choice = (splitmix64(pick[r].astype(np.uint64) + _GOLDEN) % np.uint64(n)).astype(np.int64)
             o[idx[r]] = self._candidates[choice]
         return out, labels
+
+
+def mask_rows(masker: MlmMasker, rows: dict, seed: int, ratio: float | None = None):
+    """Training masks of data-stage rows (``input_ids``, ``word_start``, ``epoch``): keyed by
+    (seed, epoch, row content), so a row gets a new mask each epoch and the same one whatever the
+    batching or the number of workers. Returns (masked ids, labels)."""
+    ids = rows["input_ids"]
+    return masker.keyed(ids, seed=seed, keys=row_keys(ids, seed, rows["epoch"]),
+                        word_start=np.asarray(rows["word_start"]).astype(bool), ratio=ratio)
 
 
 def ratio_at(schedule: str, start: float, end: float, progress: float) -> float:

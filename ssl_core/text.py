@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ssl_core.errors import UserError
+
 SUPPORTED = (".txt", ".jsonl", ".parquet")
 _TEXT_ALIASES = (".text", ".raw", ".md")   # read as .txt
 _COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """The corpus cannot be used as given (missing, empty, unsupported)."""
 
 
@@ -383,6 +385,37 @@ def iter_documents(shard: Shard, counts: Counter | None = None, min_chars: int =
             yield {"id": doc_id if i == 0 else f"{doc_id}#{i}", "text": piece}
     if counts["records_used"] == used_before and counts["files_skipped:binary"] == binary_before:
         counts["files_without_documents"] += 1
+
+
+def per_shard_limit(max_documents: int, n_shards: int) -> int:
+    """Documents read per shard so that ``max_documents`` (0 = all) are read in all."""
+    return -(-max_documents // max(1, n_shards)) if max_documents else 0
+
+
+def document_batches(shard: Shard, data, counts: Counter | None = None,
+                     limit: int = 0) -> Iterator[dict]:
+    """The documents of one shard in groups of ``data.batch_rows`` (a ``DataConfig``), training
+    and validation documents together, each flagged: ``{"id": [...], "text": [...], "val":
+    [bool, ...]}``; at most ``limit`` documents (0 = all; counted as ``stopped_at_max_documents``).
+
+    The one reader of the corpus: the Ray Data stage, the training loop without Ray and the
+    held-out evaluation all group documents this way, so they build the same rows."""
+    batch: dict[str, list] = {"id": [], "text": [], "val": []}
+    n = 0
+    for doc in iter_documents(shard, counts, min_chars=data.min_chars, max_doc_chars=data.max_doc_chars):
+        batch["id"].append(doc["id"])
+        batch["text"].append(doc["text"])
+        batch["val"].append(is_validation(doc["id"], data.val_fraction))
+        n += 1
+        if len(batch["id"]) >= data.batch_rows:
+            yield batch
+            batch = {"id": [], "text": [], "val": []}
+        if limit and n >= limit:
+            if counts is not None:
+                counts["stopped_at_max_documents"] += 1
+            break
+    if batch["id"]:
+        yield batch
 
 
 def sample_documents(shards: list[Shard], n: int, min_chars: int = 1) -> list[str]:

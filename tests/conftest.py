@@ -158,3 +158,35 @@ def s3_server(session_tmp):
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=20)
     log.close()
+
+
+def session_processes(sid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in session ``sid``: a process the test started with
+    ``start_new_session=True`` and everything it started (Ray's processes do not leave it)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()        # after "pid (comm) "
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(d.name))
+    return pids
+
+
+def stop_session(sid: int, grace: float = 30.0) -> list[int]:
+    """Wait up to ``grace`` seconds for the processes of session ``sid`` to exit (Ray's processes
+    die with their parent), then SIGKILL those left, by PID. Returns the PIDs that had to be killed."""
+    deadline = time.time() + grace
+    while session_processes(sid) and time.time() < deadline:
+        time.sleep(0.2)
+    left = session_processes(sid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left

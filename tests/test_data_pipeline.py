@@ -10,9 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-import pipelines.cli  # noqa: F401  (shipped configs)
 from conftest import run_cli
-from ssl_core.config import load_config
+from pipelines.configs import load_config
 from ssl_core.pairs import UNLABELED
 from ssl_core.text import resolve_corpus
 from ssl_core.tokenizer import train_wordpiece
@@ -63,21 +62,56 @@ def test_all_objectives_from_one_stream(ray_session, corpus_and_tokenizer):
     assert "packing efficiency" in text and "nsp" in text and "contrastive" in text
 
 
-def test_validation_split_never_leaks(ray_session, corpus_and_tokenizer):
-    from pipelines.data import documents
+def _ngrams(ids, n: int, specials: set[int]) -> set[tuple]:
+    """Token n-grams that cross no special token ([CLS], [SEP], [UNK], padding)."""
+    out, run = set(), []
+    for t in list(ids) + [next(iter(specials))]:
+        if t in specials:
+            out |= {tuple(run[i:i + n]) for i in range(len(run) - n + 1)}
+            run = []
+        else:
+            run.append(int(t))
+    return out
 
-    corpus, _ = corpus_and_tokenizer
-    cfg = load_config("tiny", [f"data.corpus={corpus}", "data.max_documents=0"])
+
+def test_validation_documents_never_reach_training_rows(ray_session, corpus_and_tokenizer):
+    """No held-out document is in the training rows of the real Ray Data stream, while training
+    documents are found there, so the check can see a leak. A document counts as present when
+    most of its token 12-grams are in the rows (a shared phrase or number pattern is not)."""
+    from pipelines.data import build_datasets
+    from ssl_core.examples import ExampleBuilder
+    from ssl_core.text import document_batches, split_sentences
+
+    corpus, tok = corpus_and_tokenizer
+    cfg = load_config("tiny", [f"data.corpus={corpus}", "data.max_documents=0", "data.val_fraction=0.05"])
     shards = resolve_corpus(corpus)
-    runs = []
-    for _ in range(2):
-        ids = {True: set(), False: set()}
-        for b in documents(cfg, shards, 1).iter_batches(batch_size=1024, batch_format="numpy"):
-            for i, v in zip(b["id"], b["val"]):
-                ids[bool(v)].add(str(i))
-        runs.append(ids)
-    assert runs[0] == runs[1]
-    assert not runs[0][True] & runs[0][False] and len(runs[0][True]) > 50
+    train, _, _ = build_datasets(cfg, shards, str(tok), epochs=1)
+    b = ExampleBuilder(cfg, str(tok))
+    specials = set(b.special_ids)
+    seen: set[tuple] = set()
+    for batch in train.iter_batches(batch_size=1024, batch_format="numpy"):
+        for row in batch["input_ids"]:
+            seen |= _ngrams(row, 12, specials)
+    docs = {True: [], False: []}
+    for shard in shards:
+        for group in document_batches(shard, cfg.data):
+            for text, val in zip(group["text"], group["val"]):
+                docs[val].append(text)
+
+    def share_in_rows(text: str) -> float | None:
+        encs = b.tok.encode_batch_fast(split_sentences(text), add_special_tokens=False)
+        grams = set().union(*(_ngrams(e.ids, 12, specials) for e in encs))
+        return len(grams & seen) / len(grams) if len(grams) >= 5 else None
+
+    train_texts = set(docs[False])
+    held_out = [(t, share_in_rows(t)) for t in docs[True] if t not in train_texts]
+    held_out = [(t, f) for t, f in held_out if f is not None]
+    assert len(held_out) > 50
+    print("largest share of a held-out document in the rows:", max(f for _, f in held_out))
+    leaked = [(t[:60], f) for t, f in held_out if f > 0.5]
+    assert not leaked, leaked[:3]
+    trained = [f for f in map(share_in_rows, docs[False][:300]) if f is not None]
+    assert sum(f > 0.5 for f in trained) > 0.9 * len(trained)   # training documents are there
 
 
 def stats(tmp_path, corpus, *extra):

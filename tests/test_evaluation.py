@@ -6,7 +6,6 @@ reading of the TSVs would fail these.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -20,7 +19,7 @@ from conftest import run_cli, shared
 from ssl_core.config import Config, DataConfig, ModelConfig, ObjectivesConfig
 from ssl_core.evaluation import LoadedModel, evaluate, format_table, numeric
 from ssl_core.export import HEADS_FILE, export_model
-from ssl_core.model import EVAL_RATIO, EVAL_SEED, build_mlm_model, evaluate_mlm
+from ssl_core.encoder import build_model
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, dropout=0.1)
 
@@ -45,7 +44,7 @@ def tiny_dir(minilm, wikitext, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     cfg = Config(data=DataConfig(corpus=str(wikitext), val_fraction=0.1),
                  objectives=ObjectivesConfig(mlm=True, nsp=True), model=TINY)
-    model = build_mlm_model(TINY, 30522, cfg.data.max_seq_len, 0)
+    model = build_model(TINY, 30522, cfg.data.max_seq_len, 0)
     H = TINY.hidden_size
     head = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.Tanh(), torch.nn.Linear(H, 2))
     heads = {f"nsp_head.{k}": v for k, v in head.state_dict().items()}
@@ -58,7 +57,7 @@ def test_export_round_trip_transformers_and_sentence_transformers(minilm, tmp_pa
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
     torch.manual_seed(1)
-    model = build_mlm_model(TINY, 30522, 128, 0).eval()
+    model = build_model(TINY, 30522, 128, 0).eval()
     sents = ["A man is playing a guitar on the street.", "Dogs run."]
     for pooling in ("mean", "cls"):
         d = export_model(model, minilm, tmp_path / pooling, pooling=pooling, max_seq_len=64)
@@ -131,20 +130,21 @@ def test_heldout_mlm_nsp_fillmask_on_a_random_model(tiny_dir, wikitext, data_roo
     assert set(numeric(r)) >= {"mlm_loss", "mlm_accuracy", "nsp_accuracy", "fillmask_top5_hit_rate"}
     assert "trec" in format_table(r)
 
-    # same masked rows through the trainer's evaluate_mlm: the same loss (MLM-only config: packed
-    # rows, no token types)
-    from ssl_core.evaluation import heldout_rows, load_train_config, mlm_metrics
+    # the suite scores the held-out rows the training pipeline builds: the validation batches of
+    # the trainer (``local_batches``, masked at the eval ratio there) give the same loss and count
+    from ssl_core.evaluation import load_train_config
+    from ssl_core.objectives.mlm import mlm_metrics
+    from ssl_core.training import local_batches
     from transformers import AutoModelForMaskedLM
 
     cfg, _ = load_train_config(tiny_dir)
-    cfg = dataclasses.replace(cfg, objectives=ObjectivesConfig(mlm=True))
-    rows, b, _ = heldout_rows(cfg, tiny_dir, 64)
-    ids, labels = b.masker(ratio=EVAL_RATIO, strategy="token").keyed(rows["input_ids"], seed=EVAL_SEED, epoch=0)
+    val = list(local_batches(cfg, str(tiny_dir), "val", batch_size=32, max_rows=128))
+    assert sum(len(b["input_ids"]) for b in val) == 128
     model = AutoModelForMaskedLM.from_pretrained(tiny_dir).eval()
-    ours = mlm_metrics(model, ids, labels, b.sp["pad"])
-    theirs = evaluate_mlm(model, [(ids, labels)], b.sp["pad"])
-    assert ours["mlm_loss"] == pytest.approx(theirs["eval_mlm_loss"], rel=1e-4)
-    assert ours["mlm_tokens"] == theirs["eval_tokens"]
+    trainer_view = mlm_metrics(model, val, 0)
+    suite = evaluate(tiny_dir, ["mlm"], max_rows=128, progress=None)
+    assert suite["mlm_tokens"] == trainer_view["mlm_tokens"] > 100
+    assert suite["mlm_loss"] == pytest.approx(trainer_view["mlm_loss"], rel=1e-5)
 
 
 def test_cli_evaluate_directory_and_bad_input(tiny_dir, data_root, tmp_path):

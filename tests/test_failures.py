@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import stop_session
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +44,10 @@ def _wait_for(pred, timeout: float, what: str, poll: float = 0.2):
 
 def test_worker_killed_mid_run_resumes_from_checkpoint(tmp_path, ray_session, shakespeare,
                                                        monkeypatch, capfd):
-    import pipelines.cli  # noqa: F401  (registers the shipped configs)
     from ray.util.state import list_actors
 
+    from pipelines.configs import load_config
     from pipelines.pretrain import run_pretrain
-    from ssl_core.config import load_config
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     steps, every = 120, 20
@@ -96,6 +96,15 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(tmp_path, ray_session, sh
     assert victim not in alive
 
 
+def _start(args: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+    """`sslpipe ARGS` in a new session (its Ray processes stay in it: stopped by PID later);
+    stdout to ``log``, stderr to ``log`` + ".err"."""
+    exe = Path(sys.executable).parent / "sslpipe"
+    with open(log, "w") as out, open(f"{log}.err", "w") as err:
+        return subprocess.Popen([str(exe), *args], cwd=cwd, env=dict(os.environ, **env),
+                                stdout=out, stderr=err, start_new_session=True)
+
+
 def test_driver_killed_then_resume(tmp_path, shakespeare):
     ray_tmp = Path(f"/tmp/rayd{os.getpid()}")       # short: Ray's socket paths are limited
     # explicit store: an earlier in-process run may have left MLFLOW_TRACKING_URI in os.environ
@@ -106,37 +115,35 @@ def test_driver_killed_then_resume(tmp_path, shakespeare):
             "--set", f"train.max_steps={steps}", "--set", f"train.checkpoint_every={every}",
             "--set", "eval.tasks=", "--set", "mlflow.run_name=killdriver",
             "--set", "mlflow.registered_model=resume-tiny"]
-    exe = Path(sys.executable).parent / "sslpipe"
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, env=dict(os.environ, **env),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _start(args, tmp_path, env, tmp_path / "first.log")
     try:
         ray_dir = tmp_path / "outputs" / "killdriver" / "ray"
         _wait_for(lambda: proc.poll() is not None or len(_checkpoints(ray_dir)) >= 2, 600,
                   "two checkpoints")
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert proc.poll() is None, (tmp_path / "first.log.err").read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)                 # the driver only, not its process group
         proc.wait(timeout=30)
     finally:
-        log.close()
+        stop_session(proc.pid)                           # what it started dies with it, or is killed
     killed_at = sorted(_step(c) for c in _checkpoints(ray_dir))[-2]   # registered for sure
     assert 0 < killed_at < steps
-    # what the driver had started dies with it (Ray's reaper); clean up whatever did not
-    time.sleep(3)
-    subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
     assert not (tmp_path / "outputs" / "killdriver" / "model").exists()
 
-    res = run_cli("pretrain", "--resume", "killdriver", cwd=tmp_path, env=env, timeout=900)
-    subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
-    text = res.stdout + res.stderr
-    assert res.returncode == 0, text[-4000:]
+    again = _start(["pretrain", "--resume", "killdriver"], tmp_path, env, tmp_path / "resume.log")
+    try:
+        rc = again.wait(timeout=900)
+    finally:
+        stop_session(again.pid)
+    stdout = (tmp_path / "resume.log").read_text()
+    text = stdout + (tmp_path / "resume.log.err").read_text()
+    assert rc == 0, text[-4000:]
     assert "resuming run 'killdriver'" in text
     resumed = [int(line.split("resumed from checkpoint at step ")[1].split()[0])
                for line in text.splitlines() if "resumed from checkpoint at step " in line]
     assert resumed and resumed[0] >= killed_at, text[-3000:]
     assert f"step {steps}/{steps}" in text
     assert f"step {every}/{steps} |" not in text             # the early steps were not trained again
-    model_dir = Path(res.stdout.strip().splitlines()[-1])
+    model_dir = Path(stdout.strip().splitlines()[-1])
     assert (model_dir / "config.json").is_file()
     run = json.loads((tmp_path / "outputs" / "killdriver" / "run.json").read_text())
     import mlflow
@@ -145,9 +152,4 @@ def test_driver_killed_then_resume(tmp_path, shakespeare):
     assert r.info.status == "FINISHED"                        # the same MLflow run, finished
     hist = sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss"))
     assert hist[0] <= killed_at and hist[-1] == steps
-    shutil_rm(ray_tmp)
-
-
-def shutil_rm(p: Path) -> None:
-    import shutil
-    shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(ray_tmp, ignore_errors=True)

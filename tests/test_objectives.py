@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ssl_core.config import Config
 from ssl_core.masking import IGNORE_INDEX
 from ssl_core.objectives import alignment_uniformity, info_nce, mlm_loss, nsp_loss
-from ssl_core.objectives.contrastive import pool
+from ssl_core.encoder import pool
 
 
 def test_info_nce_matches_hand_computation():
@@ -66,7 +66,8 @@ def test_mlm_loss_is_cross_entropy_at_masked_positions():
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra"])
 def test_sparse_mlm_head_equals_dense_logits(arch):
-    from ssl_core.model import PretrainModule, build_model, encode, mlm_head
+    from ssl_core.encoder import build_model, encode, mlm_head
+    from ssl_core.model import PretrainModule
     cfg = replace(Config(), model=replace(Config().model, arch=arch))
     hf = build_model(cfg.model, 300, 32, 0).eval()
     assert mlm_head(hf) is not None
@@ -93,7 +94,8 @@ def test_sparse_mlm_head_equals_dense_logits(arch):
 def test_eager_attention_trains_the_same_model_as_sdpa(arch):
     """On CPU the loop trains with eager attention (faster there), on GPU with SDPA: the same
     weights give the same loss and gradients either way, padding included."""
-    from ssl_core.model import PretrainModule, attention_impl, build_model, set_attention
+    from ssl_core.encoder import attention_impl, build_model, set_attention
+    from ssl_core.model import PretrainModule
     assert attention_impl("auto", "cpu") == "eager" and attention_impl("auto", "cuda") == "sdpa"
     assert attention_impl("sdpa", "cpu") == "sdpa"
     cfg = replace(Config(), model=replace(Config().model, arch=arch, dropout=0.0))
@@ -140,12 +142,12 @@ def _probe(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from ssl_core.config import _build
-    from ssl_core.model import PretrainModule, build_model
+    from ssl_core.encoder import build_model
+    from ssl_core.model import PretrainModule
 
     ctx = ray.train.get_context()
     r, w = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = _build(Config, config["cfg"])
+    cfg = Config.from_dict(config["cfg"])
     torch.manual_seed(0)
     hf = build_model(cfg.model, config["vocab"], cfg.data.max_seq_len, 0)
     module = PretrainModule.from_config(cfg, hf, 0)
@@ -155,7 +157,8 @@ def _probe(config: dict) -> None:
     loss, m = model(batch)
     loss.backward()
     sums = torch.tensor([float(m[k]) for k in ("mlm_loss", "mlm_count", "nsp_loss", "nsp_count",
-                                                "con_loss", "con_count")], dtype=torch.float64)
+                                                "contrastive_loss", "contrastive_count")],
+                        dtype=torch.float64)
     torch.distributed.all_reduce(sums)
     grads = torch.cat([p.grad.flatten().double() for p in module.parameters() if p.grad is not None])
     proj = torch.randn(grads.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)

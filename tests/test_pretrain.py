@@ -5,6 +5,7 @@
 Both check that the exported directory loads with plain transformers and that the registered
 model loads back from the registry, and that training lowered the held-out MLM loss.
 """
+import json
 from pathlib import Path
 
 import mlflow
@@ -19,18 +20,50 @@ from conftest import run_cli
 pytestmark = pytest.mark.integration
 
 
+def training_sentences(model_dir: Path, word: str, n: int) -> list[str]:
+    """``n`` sentences holding ``word`` from the training (not held-out) documents of the run."""
+    from ssl_core.config import Config
+    from ssl_core.text import document_batches, resolve_corpus, split_sentences
+
+    cfg = Config.from_dict(json.loads((model_dir / "sslpipe_config.json").read_text()))
+    out = []
+    for shard in resolve_corpus(cfg.data.corpus):
+        for group in document_batches(shard, cfg.data):
+            for text, val in zip(group["text"], group["val"]):
+                out += [s for s in split_sentences(text) if not val and f" {word} " in s
+                        and 8 <= len(s.split()) <= 30]
+                if len(out) >= n:
+                    return out[:n]
+    return out
+
+
+def fills_the(model, tok, sentences: list[str], k: int = 10) -> int:
+    """How many of ``sentences`` get their first " the " back in the model's top ``k``."""
+    hits = 0
+    for s in sentences:
+        enc = tok(s.replace(" the ", f" {tok.mask_token} ", 1), return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**enc).logits                                       # (1, T, V)
+        assert logits.shape[-1] == len(tok)
+        pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0]
+        hits += "the" in [tok.decode([t]).strip() for t in logits[0, pos].topk(k).indices.tolist()]
+    return hits
+
+
 def check_hf_dir(model_dir: Path):
+    """Plain transformers loads the directory, and the trained MLM head fills a masked word of
+    training sentences: "the" (the corpus's most frequent word) in the top 10 for most of ten
+    sentences, where the same architecture untrained does not."""
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
     assert (model_dir / "model.safetensors").is_file()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
-    enc = tok(f"the {tok.mask_token} of the", return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**enc).logits
-    pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0]
-    top = logits[0, pos].topk(5).indices.tolist()
-    assert len(set(top)) == 5 and logits.shape[-1] == len(tok)
-    assert all(isinstance(tok.decode([t]), str) for t in top)
+    sentences = training_sentences(model_dir, "the", 10)
+    assert len(sentences) == 10
+    assert fills_the(model, tok, sentences) >= 7
+    torch.manual_seed(0)
+    untrained = AutoModelForMaskedLM.from_config(model.config).eval()
+    assert fills_the(untrained, tok, sentences) <= 2
 
 
 def check_registry(client: MlflowClient, name: str, version: str, run_id: str):
@@ -71,9 +104,8 @@ def test_cli_pretrain_to_mlflow_server(tmp_path, mlflow_server, wikitext):
 
 
 def test_run_pretrain_local_store(tmp_path, ray_session, shakespeare, monkeypatch):
-    import pipelines.cli  # noqa: F401  (registers the shipped configs)
+    from pipelines.configs import load_config
     from pipelines.pretrain import run_pretrain
-    from ssl_core.config import load_config
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config("tiny", [f"data.corpus={shakespeare}", "train.max_steps=30",

@@ -1,4 +1,26 @@
-"""The objective interface and the distributed helpers the objectives share."""
+"""The objective interface and the distributed helpers the objectives share.
+
+An objective owns everything about itself, so the training loop only iterates over the enabled
+ones and never names one:
+
+* ``enabled(cfg)`` / ``weight(cfg)``: whether the config turns it on, and its loss weight;
+* ``stream``: the encoder pass it reads (``tokens``: ``input_ids``; ``views``: the two views);
+  ``columns``: the batch columns it needs as tensors;
+* ``prepare(batch, progress)``: per-batch work on the numpy batch before the step (MLM draws its
+  masks here); returns settings to log (``mask_ratio``);
+* ``count(batch)``: its scored items in a numpy batch (masked tokens, labelled pairs, view
+  pairs): the loop sums them over the accumulation window, and ``forward`` normalises by the
+  window's global count (``local_count`` / ``global_count`` / ``scaled_mean``);
+* ``forward(outputs, batch) -> (loss, sums)``: sums are tensors named ``<name>_<key>`` for the
+  keys in ``sum_keys`` (``loss``, ``correct``, ``count``, ...), so ranks and log windows add them;
+* ``summarize(sums)``: the window's metrics from the summed values (``<name>_loss``,
+  ``<name>_accuracy``, ...); ``head_flops(sums, per_prediction)``: FLOPs of its head;
+* ``evaluate(module, batches)``: held-out metrics (``eval_<name>_...``) on validation rows;
+  ``export_heads()``: trained weights that the exported Hugging Face model does not hold.
+
+Register a new one in ``ssl_core.objectives.OBJECTIVES``; the loop, the metric window, the
+checkpoint and the export pick it up.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,14 +41,53 @@ class EncoderOutputs:
     view_mask: torch.Tensor | None = None
 
 
+# token-id columns each encoder stream runs on, and the other columns it reads when present
+STREAM_INPUTS = {"tokens": ("input_ids",), "views": ("view_a", "view_b")}
+STREAM_EXTRAS = {"tokens": ("token_type_ids",), "views": ()}
+
+
 class Objective(torch.nn.Module):
-    """``forward(outputs, batch) -> (loss, metrics)``; see the package docstring."""
+    """``forward(outputs, batch) -> (loss, sums)``; see the module docstring."""
     name = ""
     stream = "tokens"          # which encoder pass it reads: "tokens" (input_ids) or "views"
+    columns: tuple[str, ...] = ()
+    sum_keys: tuple[str, ...] = ("loss", "correct", "count")
 
     @classmethod
-    def from_config(cls, cfg, hf_model) -> "Objective":
+    def enabled(cls, cfg) -> bool:
+        return bool(getattr(cfg.objectives, cls.name, False))
+
+    @classmethod
+    def weight(cls, cfg) -> float:
+        return float(getattr(cfg.objectives, f"{cls.name}_weight", 1.0))
+
+    @classmethod
+    def from_config(cls, cfg, hf_model, builder=None) -> "Objective":
+        """``builder``: the ``ExampleBuilder`` of the run's tokenizer (vocabulary, special ids)."""
         raise NotImplementedError
+
+    def prepare(self, batch: dict, progress: float) -> dict[str, float]:
+        return {}
+
+    def count(self, batch: dict) -> float:
+        raise NotImplementedError
+
+    def keys(self) -> list[str]:
+        return [f"{self.name}_{k}" for k in self.sum_keys]
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        c = max(1.0, sums[f"{self.name}_count"])
+        return {f"{self.name}_loss": sums[f"{self.name}_loss"] / c,
+                f"{self.name}_accuracy": sums[f"{self.name}_correct"] / c}
+
+    def head_flops(self, sums: dict[str, float], per_prediction: float) -> float:
+        return 0.0
+
+    def evaluate(self, module, batches: list[dict]) -> dict[str, float]:
+        return {}
+
+    def export_heads(self) -> dict[str, torch.Tensor]:
+        return {}
 
 
 def world_size() -> int:
@@ -89,3 +150,15 @@ def gather_with_grad(x: torch.Tensor, module: torch.nn.Module) -> tuple[torch.Te
     if not distributed(module):
         return x, 0
     return _GatherWithGrad.apply(x), dist.get_rank() * x.shape[0]
+
+
+def batched(batches: list[dict], columns: tuple[str, ...], size: int = 64):
+    """Slices of at most ``size`` rows of the given columns of numpy batches, as long tensors on
+    the device of the caller (CPU here; moved by the caller)."""
+    import numpy as np
+
+    for b in batches:
+        n = len(b[columns[0]])
+        for i in range(0, n, size):
+            yield {k: torch.as_tensor(np.asarray(b[k][i:i + size]), dtype=torch.long)
+                   for k in columns if k in b}

@@ -11,16 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssl_core.encoder import pool
 from ssl_core.objectives.base import (EncoderOutputs, Objective, gather_with_grad, global_count,
                                       local_count, scaled_mean)
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-    """Sentence embedding from token states: (B, T, H), (B, T) -> (B, H)."""
-    if mode == "cls":
-        return hidden[:, 0]
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float,
@@ -54,6 +47,7 @@ def alignment_uniformity(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor
 class ContrastiveObjective(Objective):
     name = "contrastive"
     stream = "views"
+    sum_keys = ("loss", "correct", "count", "pos_sim", "neg_sim", "alignment", "uniformity")
 
     def __init__(self, hidden_size: int, temperature: float = 0.05, pooling: str = "mean",
                  projection: bool = False):
@@ -63,7 +57,7 @@ class ContrastiveObjective(Objective):
                                         torch.nn.Tanh()) if projection else None
 
     @classmethod
-    def from_config(cls, cfg, hf_model):
+    def from_config(cls, cfg, hf_model, builder=None):
         c = cfg.contrastive
         return cls(hf_model.config.hidden_size, c.temperature, c.pooling, c.projection)
 
@@ -83,7 +77,16 @@ class ContrastiveObjective(Objective):
             pos = cos[torch.arange(B), torch.arange(B) + offset]        # (B,)
             neg = (cos.sum(-1) - pos) / max(1, cos.shape[1] - 1)        # mean negative cosine per row
             align, unif = alignment_uniformity(a, b)
-        return loss, {"con_loss": total.detach(), "con_correct": correct,
-                      "con_count": torch.tensor(float(B)), "con_pos_sim": pos.sum(),
-                      "con_neg_sim": neg.sum(), "con_alignment": align * B,
-                      "con_uniformity": unif * B}
+        return loss, {"contrastive_loss": total.detach(), "contrastive_correct": correct,
+                      "contrastive_count": torch.tensor(float(B)), "contrastive_pos_sim": pos.sum(),
+                      "contrastive_neg_sim": neg.sum(), "contrastive_alignment": align * B,
+                      "contrastive_uniformity": unif * B}
+
+    def count(self, batch: dict) -> float:
+        return float(len(batch["view_a"]))
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        c = max(1.0, sums["contrastive_count"])
+        return dict(super().summarize(sums), contrastive_alignment=sums["contrastive_alignment"] / c,
+                    contrastive_uniformity=sums["contrastive_uniformity"] / c,
+                    contrastive_sim_gap=(sums["contrastive_pos_sim"] - sums["contrastive_neg_sim"]) / c)

@@ -1,0 +1,108 @@
+"""What every job does before it trains or reads data: check the inputs, connect to Ray, find the
+corpus and the tokenizer. Shared by ``sslpipe pretrain`` and ``sslpipe data``.
+
+Everything the user can fix is an :class:`InputError`: one line, exit 2, before anything heavy.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ssl_core.config import Config
+from ssl_core.errors import UserError
+from ssl_core.log import say
+from ssl_core.text import CorpusError, resolve_corpus, sample_documents
+from ssl_core.tokenizer import train_wordpiece
+
+
+class InputError(UserError):
+    """Bad input the user can fix; the CLI prints it on one line and exits 2."""
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray (dashboard on 127.0.0.1)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    # Train workers + the tokenizer actors + Ray Data tasks must fit at once, or the pipeline
+    # waits forever on 2-core machines: give local Ray enough logical CPUs.
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.tokenize_actors + 1
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+             dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True)
+
+
+def corpus_shards(cfg: Config):
+    """The corpus's shards; InputError (one line) when it cannot be used."""
+    try:
+        return resolve_corpus(cfg.data.corpus, cfg.data.text_field)
+    except CorpusError as e:
+        raise InputError(str(e)) from None
+
+
+def tokenizer_for(cfg: Config, shards, out_dir: Path) -> Path:
+    """``tokenizer.path`` if given (``model.init_from``'s own for continued pretraining), else a
+    WordPiece trained on a sample of the corpus into ``out_dir``. Checks first that the corpus has
+    at least one usable document."""
+    t0 = time.perf_counter()
+    if cfg.model.init_from and not cfg.tokenizer.path:
+        cfg = replace(cfg, tokenizer=replace(cfg.tokenizer, path=cfg.model.init_from))
+    n_sample = 1 if cfg.tokenizer.path else cfg.tokenizer.sample_documents
+    try:
+        texts = sample_documents(shards, n_sample, cfg.data.min_chars)
+    except CorpusError as e:
+        raise InputError(str(e)) from None
+    if not texts:
+        raise InputError(f"corpus '{cfg.data.corpus}' has no document of at least "
+                         f"{cfg.data.min_chars} characters (empty, whitespace only or binary): "
+                         "nothing to train on")
+    if cfg.tokenizer.path:
+        tok_dir = Path(cfg.tokenizer.path)
+        if not (tok_dir / "tokenizer.json").is_file():
+            what = "model.init_from" if cfg.tokenizer.path == cfg.model.init_from else "tokenizer.path"
+            raise InputError(f"{what} '{tok_dir}' has no tokenizer.json: give a Hugging Face "
+                             "model/tokenizer directory" + ("" if what == "model.init_from" else
+                                                           ", or leave tokenizer.path empty to train one"))
+        return tok_dir
+    tok_dir = train_wordpiece(texts, out_dir, cfg.tokenizer.vocab_size, cfg.tokenizer.lowercase,
+                              cfg.tokenizer.min_frequency, model_max_length=cfg.data.max_seq_len)
+    say(f"tokenizer: WordPiece, {cfg.tokenizer.vocab_size} pieces, trained on {len(texts)} "
+        f"documents in {time.perf_counter() - t0:.1f}s -> {tok_dir}")
+    return tok_dir
+
+
+SMALL_CORPUS_BYTES = 5 << 20
+
+
+def check_enough_rows(cfg: Config, shards, tok_dir: str) -> None:
+    """A small corpus (< 5 MB of files) gets one counting pass first, so that "too small for one
+    batch" is a clear error before training starts instead of a failure inside the workers."""
+    import fsspec
+
+    from pipelines.data import examples
+
+    if any(s.kind == "pydoc" for s in shards):
+        return
+    try:
+        size = 0
+        for s in shards:
+            fs, path = fsspec.core.url_to_fs(s.path)
+            size += fs.size(path) or 0
+    except Exception:   # sizes unknown: skip the check, the workers still fail clearly
+        return
+    if size >= SMALL_CORPUS_BYTES:
+        return
+    need = cfg.train.num_workers * cfg.train.batch_size
+    rows = examples(cfg, shards, tok_dir, "train", 1).count()
+    if rows < need:
+        raise InputError(f"corpus '{cfg.data.corpus}' is too small: one pass gives {rows} training "
+                         f"rows, one step needs {need} (train.num_workers {cfg.train.num_workers} x "
+                         f"train.batch_size {cfg.train.batch_size}); use more text or lower "
+                         "train.batch_size")
+

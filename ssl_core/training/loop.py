@@ -1,0 +1,157 @@
+"""The per-worker training loop, built from the parts beside it:
+
+    state.build_state      encoder, objectives, optimizer, precision, FLOPs, measured peak
+    checkpoint.load/report resume from / save to the session's checkpoints
+    step.next_window       the micro-batches of one optimizer step
+    step.train_step        masks, forward/backward, clip, AdamW
+    metrics.MetricWindow   sums over log_every steps and ranks -> logged metrics
+
+    final = train_loop(TrainJob(cfg, tokenizer_dir), session)
+
+Under Ray Train the session is ``pipelines.train.RaySession``; without Ray a ``LocalSession``
+(``ssl_core.training.local.run_local``). Every rank runs the same number of optimizer steps: the
+session gives each worker as many batches as the others, and the stop at ``train.max_minutes`` is
+agreed by all ranks each step (the slowest clock), so no rank waits on a collective the others
+never reach. Before and after training rank 0 evaluates every objective on the held-out rows
+(MLM at the fixed 15% mask)."""
+from __future__ import annotations
+
+import time
+from itertools import islice
+from typing import Iterator
+
+import torch
+
+from ssl_core.log import say
+from ssl_core.training import checkpoint
+from ssl_core.training.job import TrainJob
+from ssl_core.training.metrics import MetricWindow, all_reduce, progress_line
+from ssl_core.training.state import TrainState, build_state
+from ssl_core.training.step import next_window, train_step
+
+NO_BATCH = "the training data yields no full batch"
+
+
+class Clock:
+    """Training progress in [0, 1]: steps done / max_steps, or elapsed / train.max_minutes when that
+    is further, on the slowest rank's clock (a collective when there is a budget)."""
+
+    def __init__(self, ts: TrainState):
+        tc = ts.cfg.train
+        self.max_steps, self.budget, self.device = tc.max_steps, tc.max_minutes * 60.0, ts.device
+        self.t0 = time.perf_counter() - ts.progress.elapsed
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def progress(self, step: int) -> float:
+        p = step / self.max_steps
+        if self.budget > 0:
+            el = torch.tensor([self.elapsed()], dtype=torch.float64, device=self.device)
+            p = max(p, float(all_reduce(el, torch.distributed.ReduceOp.MAX)[0]) / self.budget)
+        return p
+
+
+def _resume(ts: TrainState, session) -> None:
+    with session.latest_checkpoint() as ckpt:
+        if ckpt is not None:
+            ts.progress = checkpoint.load(ckpt, ts)
+            if ts.rank == 0:
+                p = ts.progress
+                say(f"resumed from checkpoint at step {p.step} ({p.batches} batches per worker "
+                    f"consumed, {p.elapsed:.0f}s trained)")
+
+
+def _train(ts: TrainState, session, batches: Iterator[dict]) -> tuple[dict, str]:
+    """Optimizer steps until max_steps, the time budget or the end of the data; returns the last
+    window's metrics and why it stopped."""
+    tc, p = ts.cfg.train, ts.progress
+    names = list(ts.module.objectives)
+    win, clock = MetricWindow(ts), Clock(ts)
+    metrics: dict = {}
+    settings: dict = {}
+    pending = 0                                      # steps in the window not yet flushed
+    ts.model.train()
+    while True:
+        progress = clock.progress(p.step)
+        if progress >= 1.0:
+            reason = "max_steps" if p.step >= tc.max_steps else "time_budget"
+            break
+        window, wait = next_window(batches, tc.grad_accum)
+        if window is None:
+            if p.step == 0:
+                raise RuntimeError(f"{NO_BATCH} of {tc.batch_size} sequences per worker: use a "
+                                   "larger corpus or a smaller train.batch_size")
+            if ts.rank == 0:
+                say(f"data exhausted after {ts.cfg.data.max_epochs} epochs at step {p.step}: stopping")
+            reason = "data_exhausted"
+            break
+        sums, settings = train_step(ts, window, progress)
+        p.step += 1
+        p.batches += len(window)
+        p.epoch = int(max(int(b["epoch"].max()) for b in window))
+        p.elapsed = clock.elapsed()
+        win.add(sums, wait)
+        pending += 1
+        if p.step % tc.log_every == 0:
+            metrics = _flush(ts, session, win, settings, names)
+            pending = 0
+        if p.step >= tc.max_steps:
+            reason = "max_steps"
+            break
+        if tc.checkpoint_every and p.step % tc.checkpoint_every == 0:
+            checkpoint.report(session, ts, metrics, final=False)
+        elif p.step % tc.log_every == 0:
+            session.report(dict(metrics, step=p.step))
+    if pending:                                     # every rank stopped at the same step
+        metrics = _flush(ts, session, win, settings, names)
+    return metrics, reason
+
+
+def _flush(ts: TrainState, session, win: MetricWindow, settings: dict, names: list[str]) -> dict:
+    p = ts.progress
+    m = win.flush()
+    p.tokens += m.pop("window_tokens")
+    m.update(settings, step=p.step, epoch=p.epoch, elapsed_s=p.elapsed)
+    if ts.rank == 0:
+        say(progress_line(m, ts.cfg.train.max_steps, names))
+        session.log_metrics({k: v for k, v in m.items() if k != "step"}, p.step)
+    return m
+
+
+def train_loop(job: TrainJob, session) -> dict:
+    """Per-worker training; returns the final metrics (rank 0: with the held-out evaluation)."""
+    tc = job.cfg.train
+    ts = build_state(job, session.device, session.rank, session.world)
+    _resume(ts, session)
+    ts.model = session.prepare(ts.module)
+    if tc.compile:
+        ts.model = torch.compile(ts.model)
+    if ts.rank == 0:
+        say(f"precision {str(ts.dtype).replace('torch.', '')} on {ts.device.type}, {ts.attention} "
+            f"attention; measured GEMM peak {ts.peak_flops / 1e9:,.0f} GFLOP/s per worker; "
+            f"{sum(p.numel() for p in ts.module.hf.parameters()):,} encoder parameters")
+    val = session.val_batches() if ts.rank == 0 else []
+    before: dict = {}
+    if val and ts.progress.step == 0:
+        before = ts.module.evaluate(val)
+        session.log_metrics({f"{k}_initial": v for k, v in before.items()}, 0)
+        say("eval before training: " + _fmt(before))
+    batches = session.train_batches(tc.batch_size, job.cfg.data.shuffle_buffer, tc.seed)
+    for _ in islice(batches, ts.progress.batches):   # data position: skip what was trained on
+        pass
+    metrics, reason = _train(ts, session, batches)
+    final = dict(metrics, step=ts.progress.step, tokens_seen=ts.progress.tokens, stop_reason=reason,
+                 **{f"{k}_initial": v for k, v in before.items()})
+    if val:
+        after = ts.module.evaluate(val)
+        final.update(after)
+        session.log_metrics(after, ts.progress.step)
+        say("eval after training: " + _fmt(after))
+    session.close()
+    checkpoint.report(session, ts, final, final=True)
+    return final
+
+
+def _fmt(m: dict) -> str:
+    return " | ".join(f"{k} {v:.3f}" for k, v in m.items())

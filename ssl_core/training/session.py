@@ -1,0 +1,85 @@
+"""Where the training loop runs: a ``Session`` gives it its rank, device, data, checkpoints and a
+place for metrics. ``pipelines.train.RaySession`` is the Ray Train one; ``LocalSession`` runs the
+loop in this process without Ray (a GPU box with torch only, benchmarks, tests)."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import ContextManager, Iterable, Iterator, Protocol
+
+import torch
+
+
+class Session(Protocol):
+    rank: int
+    world: int
+    device: torch.device
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module to train: moved to the device (DDP-wrapped across workers)."""
+
+    def train_batches(self, batch_size: int, shuffle_buffer: int, seed: int) -> Iterator[dict]:
+        """This worker's training batches (numpy dicts), epochs end to end; every worker gets the
+        same number of batches."""
+
+    def val_batches(self) -> list[dict]:
+        """Held-out rows, already masked at the evaluation ratio (rank 0)."""
+
+    def latest_checkpoint(self) -> ContextManager[Path | None]:
+        """The checkpoint directory to resume from, or None."""
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        """Metrics of a log window or of the end (and, from rank 0, a checkpoint to keep)."""
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        """Metrics to the run's tracker (rank 0); never blocks training."""
+
+    def close(self) -> None:
+        """Wait for what ``log_metrics`` sent."""
+
+
+class LocalSession:
+    """One process, no Ray: batches from an iterable, checkpoints in ``out_dir`` (none without)."""
+
+    def __init__(self, train_batches: Iterable[dict], val_batches: list[dict] | None = None,
+                 out_dir: str | Path | None = None, device: str | None = None,
+                 resume: bool = False, keep: int = 2):
+        self.rank, self.world = 0, 1
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._train, self._val = train_batches, val_batches or []
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.resume, self.keep = resume, keep
+        self.reported: list[dict] = []
+        self.final_dir: Path | None = None
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(self.device)
+
+    def train_batches(self, batch_size: int, shuffle_buffer: int, seed: int) -> Iterator[dict]:
+        return iter(self._train)
+
+    def val_batches(self) -> list[dict]:
+        return self._val
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self):
+        ckpts = sorted(self.out_dir.glob("checkpoint_*")) if (self.resume and self.out_dir) else []
+        yield ckpts[-1] if ckpts else None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        self.reported.append(dict(metrics))
+        if checkpoint_dir and self.out_dir:
+            dest = self.out_dir / f"checkpoint_{int(metrics['step']):08d}"
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(checkpoint_dir, dest)
+            self.final_dir = dest
+            for old in sorted(self.out_dir.glob("checkpoint_*"))[:-self.keep]:
+                shutil.rmtree(old)
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
