@@ -116,7 +116,7 @@ def main() -> None:
         wall = time.perf_counter() - t
 
     wins = {}
-    for m in sess.reported:
+    for m in sess.logged:
         if "samples_per_s" in m:
             wins[m["step"]] = m
     wins = [wins[k] for k in sorted(wins)]

@@ -2,18 +2,18 @@
 
 The same model (the ``default`` config: 4 layers, hidden 256, seq 128, WordPiece 8k trained here
 on War and Peace), the same batch, the same precision (``auto``: bf16 on a CPU with native bf16),
-the same rows in memory, the same number of steps, two cores each side; rounds interleaved
-(plain, Ray, plain, Ray, ...).
+the same tokenized documents (``local_documents``), batches built from them the same way
+(``training.data.train_batches``), the same number of steps, two cores each side; rounds
+interleaved (plain, Ray, plain, Ray, ...).
 
 * OURS:  ``pipelines.train.fit`` as ``sslpipe pretrain`` calls it: ``ray.init(num_cpus=4)``, a
-         ``TorchTrainer`` with 1 worker (``cpus_per_worker=2``) running ``train_func`` on a
-         materialized ``ray.data.from_items`` dataset of the rows ``local_batches`` built
-         (``data.shuffle_buffer=0`` by default, as the plain loop does not shuffle), metrics to an
-         MLflow run (a sqlite store under /tmp, as the pipeline logs them), ``checkpoint_every=0``.
+         ``TorchTrainer`` with 1 worker (``cpus_per_worker=2``) running ``train_func`` on the
+         documents as a materialized Ray dataset (``data.shuffle_buffer=0`` by default), metrics to
+         an MLflow run (a sqlite store under /tmp, as the pipeline logs them), ``checkpoint_every=0``.
          Speed = the ``samples_per_s`` the loop logs every ``log_every`` steps (read back from
          MLflow), the first window (warm-up) dropped.
-* PLAIN: one process, a bare ``for`` loop over the rows calling the training loop's own
-         ``build_state`` and ``train_step`` (same module, attention kernel, masks, precision,
+* PLAIN: one process, a bare ``for`` loop over the same batch stream calling the training loop's
+         own ``build_state`` and ``train_step`` (same module, attention kernel, masks, precision,
          optimizer); samples/s over windows of ``log_every`` steps, the first dropped.
 
     python benchmarks/train_overhead.py [--steps 60] [--rounds 2] [--batch 16] [--shuffle-buffer 0]
@@ -50,19 +50,22 @@ def make_config(corpus: Path, args):
         f"data.corpus={corpus}", f"data.shuffle_buffer={args.shuffle_buffer}",
         f"train.batch_size={args.batch}", f"train.max_steps={args.steps}",
         f"train.cpus_per_worker={THREADS}", "train.num_workers=1", "train.use_gpu=false",
-        "train.checkpoint_every=0", f"train.log_every={args.log_every}", "train.precision=auto"])
+        "train.checkpoint_every=0", f"train.log_every={args.log_every}", "train.precision=auto",
+        "eval.heldout_rows=64"])
 
 
-def plain_loop(cfg, tok_dir: str, rows: list[dict], log_every: int) -> list[float]:
+def plain_loop(cfg, tok_dir: str, docs: list[dict], log_every: int) -> list[float]:
     """samples/s per window of ``log_every`` steps of the loop's own ``train_step``, no session."""
-    from ssl_core.training import TrainJob, build_state, train_step
+    from ssl_core.training import TrainJob, build_state, data, train_step
 
     ts = build_state(TrainJob(cfg, tok_dir), torch.device("cpu"), measure_peak=False)
     ts.module.train()
+    batches = data.train_batches(cfg, ts.builder, lambda epoch: docs)
     out, t_win, n = [], time.perf_counter(), 0
-    for step, batch in enumerate(rows):
+    for step in range(cfg.train.max_steps):
+        batch = next(batches)
         ts.progress.step = step
-        sums, _ = train_step(ts, [dict(batch)], step / cfg.train.max_steps)
+        sums, _ = train_step(ts, [batch], step / cfg.train.max_steps)
         _ = {k: float(v) for k, v in sums.items()}          # the loop reads its sums back too
         n += len(batch["input_ids"])
         if (step + 1) % log_every == 0:
@@ -83,7 +86,7 @@ def ray_run(cfg, tok_dir: str, train_ds, val_ds, storage: Path, uri: str, name: 
     with mlflow.start_run(run_name=name) as run:
         run_id = run.info.run_id
     t = time.perf_counter()
-    result = fit(cfg, train_ds, val_ds, tok_dir, str(storage), name, uri, run_id)
+    result = fit(cfg, [train_ds], val_ds, tok_dir, str(storage), name, uri, run_id)
     wall = time.perf_counter() - t
     if result.error is not None:
         raise result.error
@@ -112,35 +115,33 @@ def main() -> None:
 
     import ray
 
-    from ssl_core.training import local_batches
     from ssl_core.text import resolve_corpus, sample_documents
     from ssl_core.tokenizer import train_wordpiece
+    from ssl_core.training.local import local_documents
 
     tmp = Path(tempfile.mkdtemp(prefix="sslbench_overhead_"))
     cfg = make_config(corpus, args)
     texts = sample_documents(resolve_corpus(str(corpus)), cfg.tokenizer.sample_documents, cfg.data.min_chars)
     tok_dir = str(train_wordpiece(texts, tmp / "tok", cfg.tokenizer.vocab_size,
                                   model_max_length=cfg.data.max_seq_len))
-    batches = list(local_batches(cfg, tok_dir, "train", 1, batch_size=args.batch,
-                                 max_rows=args.batch * args.steps))
-    assert len(batches) == args.steps, f"only {len(batches)} batches of {args.batch} rows"
-    val = list(local_batches(cfg, tok_dir, "val", 1, batch_size=64, max_rows=64))
-    as_items = lambda bs: [{k: b[k][i] for k in b} for b in bs for i in range(len(b["input_ids"]))]
+    docs = local_documents(cfg, tok_dir, "train")
+    val = local_documents(cfg, tok_dir, "val")
+    as_items = lambda groups: [{k: g[k][i] for k in g} for g in groups for i in range(len(g["id"]))]
     print(f"{cfg.model.num_layers} layers x {cfg.model.hidden_size}, seq {cfg.data.max_seq_len}, "
-          f"batch {args.batch}, {args.steps} steps, {THREADS} threads, rows "
-          f"{args.batch * args.steps} (+{64 * len(val)} val), shuffle buffer {args.shuffle_buffer}")
+          f"batch {args.batch}, {args.steps} steps, {THREADS} threads, {sum(len(g['id']) for g in docs):,} "
+          f"documents, shuffle buffer {args.shuffle_buffer}")
 
     ray.init(address="local", num_cpus=4, _temp_dir=str(tmp / "ray"), include_dashboard=False,
              log_to_driver=True)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        train_ds = ray.data.from_items(as_items(batches)).materialize()
+        train_ds = ray.data.from_items(as_items(docs)).materialize()
         val_ds = ray.data.from_items(as_items(val)).materialize()
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         plain, ours = [], []
         for r in range(args.rounds):
-            p = plain_loop(cfg, tok_dir, batches, args.log_every)[1:]       # first window = warm-up
+            p = plain_loop(cfg, tok_dir, docs, args.log_every)[1:]          # first window = warm-up
             o = ray_run(cfg, tok_dir, train_ds, val_ds, tmp / "storage", uri, f"overhead{r}")[1:]
             plain += p
             ours += o

@@ -95,7 +95,7 @@ def run_interleaved(cfg, tok_dir: str, rows: list[dict], ref_step) -> list[dict]
 
     _, sess = run_local(cfg, tok_dir, train_batches=feed(), val_batches=[], out_dir=None, device="cpu")
     seen, wins = set(), []
-    for m in sess.reported:
+    for m in sess.logged:
         if "tokens_per_s" in m and m["step"] not in seen:
             seen.add(m["step"])
             m = dict(m, tokens_per_s_own=m["tokens_per_s"] / max(1e-9, 1.0 - m["data_wait_frac"]))

@@ -100,7 +100,10 @@ def _run(args) -> int:
         from pipelines.datacmd import run_preview, run_stats
         print(run_stats(cfg) if args.data_cmd == "stats" else run_preview(cfg, args.n), flush=True)
     elif args.cmd == "pretrain":
+        from transformers.utils import logging as hf_logging
+
         from pipelines.pretrain import run_pretrain
+        hf_logging.disable_progress_bar()           # "Loading weights" bars in a log file
         res = run_pretrain(cfg, resume=args.resume)
         _stop_ray()     # flush Ray's forwarded worker logs first: these two lines end the output
         print(res.model_uri)

@@ -1,26 +1,27 @@
-"""Ray Data stage: corpus → documents → sentences → tokens → examples for every enabled objective.
+"""Ray Data stage, once per run: corpus → documents → sentences → tokens, materialized.
+
+    corpus = tokenized_corpus(cfg, shards, tokenizer_dir)
+    corpus.train, corpus.val          # MaterializedDatasets of tokenized documents
+    corpus.parts(n)                   # the training documents in n parts, one per Train worker
+    corpus.counts                     # read/skip counts, tokens, and epoch-0 rows/pairs per split
 
 Thin Ray glue around ``ssl_core``:
 
-    read (one task per shard and epoch: ``document_batches``, groups of data.batch_rows
-         documents, every record counted)
-      → examples (actor pool: one tokenizer + ExampleBuilder per actor; each group built on its
-        own with ``build_split``: NSP pairs, contrastive views, packing, word starts)
-      → train rows; validation rows are also MLM-masked there, at the fixed eval ratio and seed.
+    read (one task per shard: ``document_batches``, groups of data.batch_rows documents, every
+         record counted)
+      → tokenize (actor pool: one tokenizer + ExampleBuilder per actor; sentences split and
+        tokenized once; the rows and view pairs each group gives at epoch 0 are counted for the
+        report, not kept)
+      → materialized in the object store, training and validation documents apart.
 
-Groups are built one by one even when Ray Data coalesces several into one block, so the rows are
-the ones ``ssl_core.training.local`` builds without Ray.
-
-The training stream is one pass over ``data.max_epochs`` epochs laid end to end, each row tagged
-with its epoch: NSP partners, views and (in the worker) MLM masks are redrawn every epoch, and
-workers never wait on an epoch barrier. Counts go to a small stats actor; ``report()`` renders
-them (read = used + skipped).
-
-    train_ds, val_ds, stats = build_datasets(cfg, shards, tokenizer_dir)
+Everything that changes per epoch (packing, NSP partners, views, masks) is built by the Train
+workers from these documents as they consume them (``ssl_core.training.data``): no Ray Data work
+runs during training, and none runs ahead of it.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import Counter
 
 import numpy as np
@@ -33,7 +34,8 @@ from ssl_core.text import Shard, document_batches, per_shard_limit
 
 @ray.remote(num_cpus=0)
 class Stats:
-    """Sums the counters that read tasks and example actors send."""
+    """Sums the counters that read tasks and tokenize actors send (synchronously, so that
+    everything is counted once the data is materialized)."""
 
     def __init__(self):
         self.c: Counter = Counter()
@@ -46,40 +48,58 @@ class Stats:
 
 
 def _read(batch: dict, *, cfg: Config, per_shard_limit: int, stats) -> "iter":
-    """Generator UDF: each input row is (shard, epoch) → groups of documents."""
-    for i, (kind, path, field, epoch) in enumerate(zip(batch["kind"], batch["path"],
-                                                       batch["text_field"], batch["epoch"])):
+    """Generator UDF: each input row is a shard → groups of documents."""
+    for kind, path, field in zip(batch["kind"], batch["path"], batch["text_field"]):
         shard = Shard(str(kind), str(path), str(field))
         c: Counter = Counter()
         for g, docs in enumerate(document_batches(shard, cfg.data, c, per_shard_limit)):
             n = len(docs["id"])
-            yield {"id": np.array(docs["id"], dtype=object), "text": np.array(docs["text"], dtype=object),
-                   "val": np.array(docs["val"], dtype=bool), "epoch": np.full(n, int(epoch), np.int32),
-                   "group": np.full(n, f"{path}:{epoch}:{g}", dtype=object)}
-        if int(epoch) == 0 and stats is not None:       # the corpus is counted once, not per epoch
-            stats.add.remote(c)
+            yield {"id": _objects(docs["id"]), "text": _objects(docs["text"]),
+                   "val": np.array(docs["val"], dtype=bool), "group": np.full(n, f"{path}:{g}", dtype=object)}
+        if stats is not None:
+            ray.get(stats.add.remote(c))         # before the task ends: counted when the data is
 
 
-class BuildExamples:
-    """Actor: one tokenizer and example builder per actor (NSP keeps its partner buffer here)."""
+def _objects(items) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = list(items)
+    return out
 
-    def __init__(self, cfg: Config, tokenizer_dir: str, split: str, stats=None):
+
+class Tokenize:
+    """Actor: documents → tokenized documents, group by group and split by split; counts what
+    each group gives at epoch 0 (rows, view pairs, NSP labels, packing) for the data report."""
+
+    def __init__(self, cfg: Config, tokenizer_dir: str, stats=None):
         self.b = ExampleBuilder(cfg, tokenizer_dir)
-        self.split = split
         self.stats = stats
 
     def __call__(self, batch: dict) -> dict:
-        """Documents of one or more groups (blocks may be coalesced) → rows, group by group."""
-        parts = []
+        parts, c = [], Counter()
         for group in dict.fromkeys(batch["group"]):           # in order of arrival
-            sel = batch["group"] == group
-            docs = {k: batch[k][sel] for k in ("id", "text", "val")}
-            epoch = int(batch["epoch"][sel][0])
-            rows, c = self.b.build_split(docs, self.split, epoch)
-            if self.stats is not None and epoch == 0:
-                self.stats.add.remote({f"{self.split}_{k}": v for k, v in c.items()})
-            parts.append(rows)
-        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            for split, want in (("train", False), ("val", True)):
+                sel = (batch["group"] == group) & (batch["val"] == want)
+                if not sel.any():
+                    continue
+                docs, tc = self.b.tokenize(list(batch["id"][sel]), list(batch["text"][sel]))
+                if self.b.makes_rows:
+                    tc += self.b.rows(docs, 0)[1]
+                if self.b.chain_a is not None:
+                    tc += self.b.views(docs, 0)[1]
+                c.update({f"{split}_{k}": v for k, v in tc.items()})
+                n = len(docs["id"])
+                parts.append(dict(docs, val=np.full(n, want), group=np.full(n, group, dtype=object)))
+        if self.stats is not None:
+            ray.get(self.stats.add.remote(c))
+        if not parts:
+            return {"id": _objects([]), "tokens": _objects([]), "sent_lens": _objects([]),
+                    "val": np.zeros(0, dtype=bool), "group": _objects([])}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _select(batch: dict, *, val: bool) -> dict:
+    keep = batch["val"] == val
+    return {k: v[keep] for k, v in batch.items() if k != "val"}
 
 
 def quiet_data_context() -> None:
@@ -88,33 +108,47 @@ def quiet_data_context() -> None:
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)     # "execution finished" lines
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)   # "bars disabled"
 
 
-def documents(cfg: Config, shards: list[Shard], epochs: int, stats=None) -> "ray.data.Dataset":
-    items = [dict(dataclasses.asdict(s), epoch=e) for e in range(epochs) for s in shards]
+def documents(cfg: Config, shards: list[Shard], stats=None) -> "ray.data.Dataset":
+    """One read task per shard → groups of documents (id, text, val, group)."""
+    items = [dataclasses.asdict(s) for s in shards]
     limit = per_shard_limit(cfg.data.max_documents, len(shards))
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
-    return ds.map_batches(_read, batch_size=1,
-                          fn_kwargs=dict(cfg=cfg, per_shard_limit=limit, stats=stats))
+    return ds.map_batches(_read, batch_size=1, fn_kwargs=dict(cfg=cfg, per_shard_limit=limit, stats=stats))
 
 
-def examples(cfg: Config, shards: list[Shard], tokenizer_dir: str, split: str, epochs: int,
-             stats=None) -> "ray.data.Dataset":
-    return documents(cfg, shards, epochs, stats if split == "train" else None).map_batches(
-        BuildExamples, batch_size=None,
-        fn_constructor_kwargs=dict(cfg=cfg, tokenizer_dir=str(tokenizer_dir), split=split, stats=stats),
-        compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenize_actors))
+@dataclasses.dataclass
+class TokenizedCorpus:
+    train: "ray.data.Dataset"          # tokenized training documents: id, tokens, sent_lens, group
+    val: "ray.data.Dataset"            # ... held-out ones
+    counts: dict                       # the data report's counts
+
+    def parts(self, n: int) -> list:
+        """The training documents in ``n`` parts of equal document counts (±1), none dropped."""
+        total = self.train.count()
+        if n == 1:
+            return [self.train]
+        return self.train.split_at_indices([total * i // n for i in range(1, n)])
 
 
-def build_datasets(cfg: Config, shards: list[Shard], tokenizer_dir: str, epochs: int | None = None):
-    """(train, val, stats actor). Train rows: input_ids, word_start, num_tokens, epoch (+
-    token_type_ids, nsp_label with NSP; view_a, view_b with contrastive). Val rows: the same for
-    epoch 0 with input_ids masked at 15% (fixed seed) and labels."""
+def tokenized_corpus(cfg: Config, shards: list[Shard], tokenizer_dir: str) -> TokenizedCorpus:
+    """Read and tokenize the corpus once, materialized; counts for the data report."""
     quiet_data_context()
     stats = Stats.remote()
-    train = examples(cfg, shards, tokenizer_dir, "train", epochs or cfg.data.max_epochs, stats)
-    val = examples(cfg, shards, tokenizer_dir, "val", 1, stats)
-    return train, val, stats
+    try:
+        docs = documents(cfg, shards, stats).map_batches(
+            Tokenize, batch_size=None, fn_constructor_kwargs=dict(cfg=cfg, tokenizer_dir=str(tokenizer_dir),
+                                                                  stats=stats),
+            compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenize_actors)).materialize()
+        train = docs.map_batches(_select, fn_kwargs={"val": False}, batch_size=None).materialize()
+        val = docs.map_batches(_select, fn_kwargs={"val": True}, batch_size=None).materialize()
+        counts = ray.get(stats.get.remote())
+    finally:
+        ray.kill(stats)
+    return TokenizedCorpus(train, val, counts)
 
 
 # ---------------------------------------------------------------- the report

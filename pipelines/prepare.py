@@ -77,32 +77,19 @@ def tokenizer_for(cfg: Config, shards, out_dir: Path) -> Path:
     return tok_dir
 
 
-SMALL_CORPUS_BYTES = 5 << 20
-
-
-def check_enough_rows(cfg: Config, shards, tok_dir: str) -> None:
-    """A small corpus (< 5 MB of files) gets one counting pass first, so that "too small for one
-    batch" is a clear error before training starts instead of a failure inside the workers."""
-    import fsspec
-
-    from pipelines.data import examples
-
-    if any(s.kind == "pydoc" for s in shards):
-        return
-    try:
-        size = 0
-        for s in shards:
-            fs, path = fsspec.core.url_to_fs(s.path)
-            size += fs.size(path) or 0
-    except Exception:   # sizes unknown: skip the check, the workers still fail clearly
-        return
-    if size >= SMALL_CORPUS_BYTES:
-        return
-    need = cfg.train.num_workers * cfg.train.batch_size
-    rows = examples(cfg, shards, tok_dir, "train", 1).count()
-    if rows < need:
-        raise InputError(f"corpus '{cfg.data.corpus}' is too small: one pass gives {rows} training "
-                         f"rows, one step needs {need} (train.num_workers {cfg.train.num_workers} x "
-                         f"train.batch_size {cfg.train.batch_size}); use more text or lower "
-                         "train.batch_size")
+def check_enough_rows(cfg: Config, counts: dict) -> None:
+    """InputError (one line, before training starts) when one pass over the corpus gives fewer
+    rows or view pairs than one step of all workers needs (``counts``: the tokenizing pass's)."""
+    w = cfg.train.num_workers
+    needs = []
+    if cfg.objectives.mlm or cfg.objectives.nsp:
+        needs.append(("training rows", counts.get("train_rows", 0), cfg.train.batch_size, "train.batch_size"))
+    if cfg.objectives.contrastive:
+        needs.append(("contrastive view pairs", counts.get("train_examples_contrastive", 0),
+                      cfg.contrastive.batch_size, "contrastive.batch_size"))
+    for what, have, per_worker, key in needs:
+        if have < w * per_worker:
+            raise InputError(f"corpus '{cfg.data.corpus}' is too small: one pass gives {have} {what}, "
+                             f"one step needs {w * per_worker} (train.num_workers {w} x {key} "
+                             f"{per_worker}); use more text or lower {key}")
 

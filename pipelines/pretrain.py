@@ -5,9 +5,9 @@
 
 In three parts that other jobs (a Tune trial, a cluster job) reuse:
 
-    run = prepare(cfg, workdir, resume)     # inputs checked, run directory, tokenizer
-    result = train(run, mlflow_run_id)      # Ray Data + Ray Train; returns Ray Train's Result
-    out = publish(run, result)              # data report, export, evaluation, MLflow model + registry
+    run = prepare(cfg, workdir, resume)         # inputs checked, run directory, tokenizer
+    result, counts = train(run, mlflow_run_id)  # Ray Data (tokenize once) + Ray Train
+    out = publish(run, result, counts)          # data report, export, evaluation, MLflow model + registry
 
 Each run lives in ``output_dir/RUN``: ``run.json`` (config, tokenizer, MLflow run id), the
 tokenizer, Ray Train's checkpoints under ``ray/``, and at the end the exported ``model/``.
@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,25 +119,30 @@ def prepare(cfg: Config, workdir: str | Path | None = None, resume: str | None =
 
 
 def train(run: PreparedRun, mlflow_run_id: str | None):
-    """Ray Data + Ray Train for a prepared run; returns (Ray Train's Result, the data stats actor).
-    Raises InputError when the corpus is too small for one batch."""
+    """Ray Data (the corpus read and tokenized once) + Ray Train for a prepared run; returns (Ray
+    Train's Result, the data report's counts). InputError when the corpus is too small."""
     ensure_ray(run.cfg)
-    from pipelines.data import build_datasets
+    from pipelines.data import report, tokenized_corpus
     from pipelines.train import fit
     from ssl_core.training import NO_BATCH
 
     cfg = run.cfg
-    check_enough_rows(cfg, run.shards, str(run.tokenizer_dir))
-    train_ds, val_ds, stats = build_datasets(cfg, run.shards, str(run.tokenizer_dir))
-    val_ds = val_ds.materialize()
-    if val_ds.count() == 0:
+    t0 = time.perf_counter()
+    corpus = tokenized_corpus(cfg, run.shards, str(run.tokenizer_dir))
+    counts = corpus.counts
+    say(f"corpus read and tokenized once in {time.perf_counter() - t0:.1f}s: "
+        f"{counts.get('train_documents', 0):,} training and {counts.get('val_documents', 0):,} "
+        f"held-out documents, {counts.get('train_tokens', 0):,} training tokens")
+    print(report(counts, cfg.data.max_seq_len), flush=True)
+    check_enough_rows(cfg, counts)
+    if not counts.get("val_documents"):
         say("warning: the validation split is empty (corpus too small for data.val_fraction)")
     say(f"training: {cfg.train.num_workers} workers x {cfg.train.batch_size} sequences of "
         f"{cfg.data.max_seq_len} tokens, {cfg.train.max_steps} steps; checkpoints in "
         f"{run.storage} (resume with: sslpipe pretrain --resume {run.run_name})")
     try:
-        result = fit(cfg, train_ds, val_ds, str(run.tokenizer_dir), str(run.storage), run.run_name,
-                     run.tracking_uri, mlflow_run_id)
+        result = fit(cfg, corpus.parts(cfg.train.num_workers), corpus.val, str(run.tokenizer_dir),
+                     str(run.storage), run.run_name, run.tracking_uri, mlflow_run_id)
         error = result.error
     except Exception as e:   # Ray Train raises TrainingFailedError from fit()
         error = e
@@ -150,7 +156,7 @@ def train(run: PreparedRun, mlflow_run_id: str | None):
     orphans = prune_orphan_checkpoints(run.storage / run.run_name)
     if orphans:
         say(f"removed {len(orphans)} checkpoint(s) left unfinished by a failed worker: {', '.join(orphans)}")
-    return result, stats
+    return result, counts
 
 
 def evaluate_model(cfg: Config, model_dir: Path) -> tuple[dict, str]:
@@ -163,21 +169,18 @@ def evaluate_model(cfg: Config, model_dir: Path) -> tuple[dict, str]:
     return res, format_table(res)
 
 
-def publish(run: PreparedRun, result, stats) -> tuple[str, Path, dict]:
+def publish(run: PreparedRun, result, counts: dict) -> tuple[str, Path, dict]:
     """In the active MLflow run: the data report, the exported model (from the final checkpoint),
     the evaluation suite, metrics.json, the MLflow model and its registered version.
     Returns (models:/NAME/VERSION, exported directory, metrics)."""
     import mlflow
-    import ray
 
     from pipelines import registry
     from pipelines.data import report
 
     cfg = run.cfg
     metrics = dict(result.metrics or {})
-    data_report = report(ray.get(stats.get.remote()), cfg.data.max_seq_len)
-    mlflow.log_text(data_report, "data_report.txt")
-    print(data_report, flush=True)
+    mlflow.log_text(report(counts, cfg.data.max_seq_len), "data_report.txt")
     model_dir = run.out_root / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -217,8 +220,8 @@ def run_pretrain(cfg: Config, workdir: str | Path | None = None, resume: str | N
             {"run_name": run.run_name, "mlflow_run_id": mrun.info.run_id, "tracking_uri": run.tracking_uri,
              "tokenizer_dir": str(run.tokenizer_dir), "config": cfg.to_dict()}, indent=2))
         say(f"MLflow run {mrun.info.run_id} in experiment '{cfg.mlflow.experiment}' at {run.tracking_uri}")
-        result, stats = train(run, mrun.info.run_id)
-        model_uri, model_dir, metrics = publish(run, result, stats)
+        result, counts = train(run, mrun.info.run_id)
+        model_uri, model_dir, metrics = publish(run, result, counts)
     say(f"registered model: {model_uri}")
     say(f"exported Hugging Face directory: {model_dir}")
     return PretrainResult(model_uri, model_dir, mrun.info.run_id, metrics)

@@ -1,7 +1,9 @@
 """Ray Train glue: ``fit`` runs ``ssl_core.training.train_loop`` on ``train.num_workers`` workers
-(``TorchTrainer``, DDP over gloo on CPU or nccl on GPU) with a :class:`RaySession`: the worker's
-shard of the ``train`` dataset, the ``val`` rows on rank 0, ``ray.train.report`` for metrics and
-checkpoints, ``ray.train.get_checkpoint`` to resume, and metrics to MLflow from rank 0.
+(``TorchTrainer``, DDP over gloo on CPU or nccl on GPU) with a :class:`RaySession`: worker i reads
+its own part of the tokenized training documents (dataset ``train_i``, not split by Ray: no epoch
+barrier between workers) and builds its batches from them, rank 0 the held-out ``val`` documents;
+``ray.train.report`` for metrics and checkpoints, ``ray.train.get_checkpoint`` to resume, and
+metrics to MLflow from rank 0.
 
 The same loop runs in one process without Ray or MLflow (a GPU box that has torch only):
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Iterator
 import torch
 
 from ssl_core.config import Config
-from ssl_core.training import TrainJob, Tracking, train_loop
+from ssl_core.training import TrainJob, Tracking, data, train_loop
 
 
 class RaySession:
@@ -33,6 +36,8 @@ class RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        from pipelines.data import quiet_data_context
+        quiet_data_context()                  # the worker iterates its documents every epoch
         self._log = None
         if self.rank == 0 and job.tracking is not None:
             from pipelines.registry import MetricLogger
@@ -42,15 +47,17 @@ class RaySession:
         import ray.train.torch
         return ray.train.torch.prepare_model(module)
 
-    def train_batches(self, batch_size: int, shuffle_buffer: int, seed: int) -> Iterator[dict]:
-        shard = self._rt.get_dataset_shard("train")
-        return iter(shard.iter_batches(
-            batch_size=batch_size, drop_last=True, batch_format="numpy", prefetch_batches=2,
-            local_shuffle_buffer_size=shuffle_buffer or None,
-            local_shuffle_seed=(seed + self.rank) if shuffle_buffer else None))
+    def _documents(self, name: str, group: int):
+        shard = self._rt.get_dataset_shard(name)
+        return lambda epoch=0: shard.iter_batches(batch_size=group, batch_format="numpy", prefetch_batches=1)
 
-    def val_batches(self) -> list[dict]:
-        return list(self._rt.get_dataset_shard("val").iter_batches(batch_size=256, batch_format="numpy"))
+    def train_batches(self, ts) -> Iterator[dict]:
+        docs = self._documents(f"train_{self.rank}", ts.cfg.data.batch_rows)
+        return data.train_batches(ts.cfg, ts.builder, docs, self.rank)
+
+    def val_batches(self, ts) -> list[dict]:
+        docs = self._documents("val", ts.cfg.data.batch_rows)
+        return data.val_batches(ts.builder, docs(), ts.cfg.eval.heldout_rows)
 
     @contextlib.contextmanager
     def latest_checkpoint(self):
@@ -74,16 +81,28 @@ class RaySession:
             self._log.flush()
 
 
+def _quiet_report_lines() -> None:
+    """Train V2 logs every ``ray.train.report`` at INFO on a logger named after its source file
+    (not under ``ray.train``, so ``LoggingConfig`` does not reach it): progress lines are ours."""
+    suffix = "/train/v2/_internal/execution/context.py"
+    for name in list(logging.root.manager.loggerDict):
+        if name.replace("\\", "/").endswith(suffix):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_func(config: dict) -> None:
     """Ray Train entry point (one call per worker): ``config["job"]`` is the ``TrainJob``."""
+    _quiet_report_lines()
     train_loop(config["job"], RaySession(config["job"]))
 
 
-def fit(cfg: Config, train_ds, val_ds, tokenizer_dir: str, storage_path: str, run_name: str,
+def fit(cfg: Config, train_parts: list, val_ds, tokenizer_dir: str, storage_path: str, run_name: str,
         mlflow_uri: str | None, run_id: str | None):
-    """Run ``train_func`` on ``cfg.train.num_workers`` Ray Train workers; returns the Result.
-    Run again with the same ``storage_path`` and ``run_name`` and it resumes from the newest
-    checkpoint there."""
+    """Run ``train_func`` on ``cfg.train.num_workers`` Ray Train workers, worker i on
+    ``train_parts[i]`` (tokenized documents); returns the Result. Run again with the same
+    ``storage_path`` and ``run_name`` and it resumes from the newest checkpoint there."""
+    if len(train_parts) != cfg.train.num_workers:
+        raise ValueError(f"{len(train_parts)} document parts for {cfg.train.num_workers} workers")
     from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig,
                            ScalingConfig)
     from ray.train.torch import TorchTrainer
@@ -94,8 +113,8 @@ def fit(cfg: Config, train_ds, val_ds, tokenizer_dir: str, storage_path: str, ru
         train_loop_config={"job": TrainJob(cfg, str(tokenizer_dir), tracking)},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        datasets={"train": train_ds, "val": val_ds},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets={**{f"train_{i}": p for i, p in enumerate(train_parts)}, "val": val_ds},
+        dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(name=run_name, storage_path=str(storage_path),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),

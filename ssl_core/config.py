@@ -126,10 +126,16 @@ class ContrastiveConfig:
     temperature: float = 0.05     # InfoNCE temperature τ
     pooling: str = "mean"         # mean | cls: sentence embedding (also what the exported model pools)
     projection: bool = False      # SimCSE-style MLP on the pooled embedding, used in training only
+    batch_size: int = 64          # view pairs per worker per step (negatives: all pairs of all workers)
+    max_tokens: int = 32          # a view's text unit: a sentence (short ones joined) of at most this many tokens
+    min_tokens: int = 4           # shorter units are not used
 
     def validate(self) -> None:
         from ssl_core.augment import parse_chain
         _check(self.temperature > 0, "contrastive.temperature must be > 0")
+        _check(self.batch_size >= 2, "contrastive.batch_size must be >= 2 (in-batch negatives)")
+        _check(1 <= self.min_tokens <= self.max_tokens,
+               "contrastive.min_tokens must be in [1, contrastive.max_tokens]")
         _check(self.pooling in ("mean", "cls"), f"contrastive.pooling must be mean or cls, got {self.pooling!r}")
         for name in ("view_a", "view_b"):
             try:
@@ -209,8 +215,10 @@ class EvalConfig:
     # run on the exported model after training (`sslpipe evaluate` runs any of them later); the
     # fixed-15% MLM and NSP evaluation on the held-out split runs in the trainer anyway
     tasks: str = "stsb,sick,sst2,trec"
+    heldout_rows: int = 1024      # held-out rows the trainer scores before and after training (MLM, NSP)
 
     def validate(self) -> None:
+        _check(self.heldout_rows >= 1, "eval.heldout_rows must be >= 1")
         for t in (x.strip() for x in self.tasks.split(",") if x.strip()):
             _check(t in EVAL_TASKS, f"eval.tasks: unknown task {t!r} (known: {', '.join(EVAL_TASKS)})")
 
@@ -241,6 +249,8 @@ class Config:
             v = getattr(self, f.name)
             if hasattr(v, "validate"):
                 v.validate()
+        _check(not self.objectives.contrastive or self.contrastive.max_tokens + 2 <= self.data.max_seq_len,
+               "contrastive.max_tokens + 2 must be <= data.max_seq_len (the encoder's positions)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

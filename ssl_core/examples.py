@@ -1,22 +1,28 @@
-"""Documents → training rows for every enabled objective, from one stream.
-
-One row is one text unit, and carries the columns of every enabled objective:
-
-* NSP on: the unit is a BERT NSP instance ``[CLS] A [SEP] B [SEP]`` (``token_type_ids``,
-  ``nsp_label``); MLM (if on) masks that same input, as BERT did.
-* NSP off, contrastive on: the unit is a segment of one document (sentences up to the length).
-* MLM only: rows are packed from consecutive documents (``[SEP]`` between documents).
-* contrastive on: ``view_a`` and ``view_b``, two augmented views of the unit's text (for NSP
-  units, of segment A).
-
-Every row has ``input_ids`` (T,), ``word_start`` (T,) (for whole-word / span masking),
-``num_tokens`` and ``epoch``. Training masks are drawn later, per batch, by the MLM objective
-(``MlmMasker.keyed`` from (seed, epoch, row)): new masks each epoch, the same whatever the number
-of workers. Validation rows are masked here once, at ``EVAL_RATIO`` with ``EVAL_SEED``.
+"""Documents → tokens (once per run) → training rows and view pairs (every epoch).
 
     b = ExampleBuilder(cfg, tokenizer_dir)
-    rows, counts = b.build(doc_ids, texts, epoch=0)
-    rows, counts = b.build_split(document_batch, "val")      # held-out documents, eval-masked
+    docs, c = b.tokenize(doc_ids, texts)           # sentences → token ids, once per run
+    rows, c = b.rows(docs, epoch)                  # MLM / NSP rows of one document group
+    pairs, c = b.views(docs, epoch)                # contrastive view pairs of the same group
+    batch, c = b.build(doc_ids, texts, epoch)      # all three in one call (tests, preview)
+
+Tokenized documents (``docs``): ``id`` (str), ``tokens`` (int32 ids of all sentences, no special
+tokens) and ``sent_lens`` (tokens per sentence), one entry per document.
+
+Rows (``input_ids`` (N, T), ``word_start``, ``num_tokens``, ``epoch``):
+
+* NSP on: a BERT NSP instance ``[CLS] A [SEP] B [SEP]`` (``token_type_ids``, ``nsp_label``); MLM
+  (if on) masks that same input, as BERT did. Partners and lengths are drawn anew every epoch.
+* MLM only: packed from consecutive documents (``[SEP]`` between documents).
+
+View pairs (``view_a``, ``view_b`` (P, L), L = ``contrastive.max_tokens`` + 2): two augmented views
+of one text unit, a sentence (consecutive short sentences joined, long ones cut) of at least
+``contrastive.min_tokens`` tokens, as SimCSE trains on; each epoch draws the augmentations anew.
+Their count is independent of the rows': a step takes ``contrastive.batch_size`` pairs.
+
+Training masks are drawn later, per batch, by the MLM objective (``MlmMasker.keyed`` from (seed,
+epoch, row)): new masks each epoch, the same whatever the number of workers. Validation rows are
+masked once, at ``EVAL_RATIO`` with ``EVAL_SEED`` (``mask_for_eval``).
 """
 from __future__ import annotations
 
@@ -87,7 +93,7 @@ class ExampleBuilder:
         keep = [bool(v) == want for v in docs["val"]]
         rows, c = self.build([str(i) for i, k in zip(docs["id"], keep) if k],
                              [str(t) for t, k in zip(docs["text"], keep) if k], epoch)
-        if want and mask_val:
+        if want and mask_val and "input_ids" in rows:
             rows = self.mask_for_eval(rows)
         return rows, c
 
@@ -95,88 +101,116 @@ class ExampleBuilder:
         """(B, T) bool: the token begins a word (special tokens count as words)."""
         return ~self.cont[ids]
 
-    # ---------------------------------------------------------------- build
-    def build(self, doc_ids: list[str], texts: list[str], epoch: int = 0) -> tuple[dict, Counter]:
-        c: Counter = Counter()
-        cfg = self.cfg
-        T = self.T
+    @property
+    def makes_rows(self) -> bool:
+        """Rows are needed by the objectives of the token stream (MLM, NSP)."""
+        return bool(self.cfg.objectives.mlm or self.cfg.objectives.nsp)
+
+    # ---------------------------------------------------------------- tokenize (once per run)
+    def tokenize(self, doc_ids: list[str], texts: list[str]) -> tuple[dict, Counter]:
+        """Split each text into sentences and tokenize them (one fast batch call)."""
         sents_per_doc = [split_sentences(t) for t in texts]
         flat = [s for ss in sents_per_doc for s in ss]
         enc = self.tok.encode_batch_fast(flat, add_special_tokens=False) if flat else []
-        it = iter(enc)
-        docs: list[list[np.ndarray]] = []
+        tokens, lens, it = [], [], iter(enc)
         for ss in sents_per_doc:
             sents = [np.asarray(next(it).ids, dtype=np.int32) for _ in ss]
-            docs.append([s for s in sents if len(s)])
-        c["documents"] += len(texts)
-        c["sentences"] += len(flat)
-        c["tokens"] += sum(len(s) for d in docs for s in d)
-        key0 = doc_hash(doc_ids[0]) if doc_ids else 0
-        rng = np.random.default_rng([cfg.masking.seed, epoch, key0 & 0xFFFFFFFF, key0 >> 32])
+            sents = [x for x in sents if len(x)]
+            tokens.append(np.concatenate(sents) if sents else np.zeros(0, np.int32))
+            lens.append(np.array([len(x) for x in sents], dtype=np.int32))
+        c = Counter(documents=len(texts), sentences=len(flat), tokens=int(sum(len(t) for t in tokens)))
+        return {"id": _objects([str(i) for i in doc_ids]), "tokens": _objects(tokens),
+                "sent_lens": _objects(lens)}, c
 
+    def _sentences(self, docs: dict) -> list[list[np.ndarray]]:
+        out = []
+        for tok, lens in zip(docs["tokens"], docs["sent_lens"]):
+            tok, lens = np.asarray(tok, dtype=np.int32), np.asarray(lens, dtype=np.int64)
+            out.append(np.split(tok, np.cumsum(lens)[:-1]) if len(lens) else [])
+        return out
+
+    def _rng(self, docs: dict, epoch: int, salt: int) -> np.random.Generator:
+        key0 = doc_hash(str(docs["id"][0])) if len(docs["id"]) else 0
+        return np.random.default_rng([self.cfg.masking.seed, epoch, salt, key0 & 0xFFFFFFFF, key0 >> 32])
+
+    # ---------------------------------------------------------------- rows (every epoch)
+    def rows(self, docs: dict, epoch: int = 0) -> tuple[dict, Counter]:
+        """MLM / NSP rows of one group of tokenized documents (see the module docstring)."""
+        c: Counter = Counter()
+        T = self.T
+        sents = self._sentences(docs)
+        rng = self._rng(docs, epoch, 0)
         if self.nsp is not None:
-            keys = [doc_hash(d) for d in doc_ids]
-            for k, d in zip(keys, docs):
+            keys = [doc_hash(str(d)) for d in docs["id"]]
+            for k, d in zip(keys, sents):
                 self.nsp.remember(k, d)
             before = dict(self.nsp.counts)
-            inst = [r for k, d in zip(keys, docs) if d for r in self.nsp.build(k, d, rng)]
+            inst = [r for k, d in zip(keys, sents) if d for r in self.nsp.build(k, d, rng)]
             for name in ("is_next", "not_next", "unlabeled", "no_partner"):
                 c[f"nsp_{name}"] += self.nsp.counts[name] - before[name]
             empty = {"input_ids": np.zeros((0, T), np.int32), "token_type_ids": np.zeros((0, T), np.int8),
                      "nsp_label": np.zeros(0, np.int16), "num_tokens": np.zeros(0, np.int32)}
             rows = {k: np.stack([r[k] for r in inst]) if inst else v for k, v in empty.items()}
-        elif self.chain_a is not None:
-            segs = [seg for d in docs for seg in _segments(d, T - 2)]
-            ids = np.full((len(segs), T), self.sp["pad"], dtype=np.int32)
-            n = np.zeros(len(segs), dtype=np.int32)
-            for i, s in enumerate(segs):
-                ids[i, 0] = self.sp["cls"]
-                ids[i, 1:len(s) + 1] = s
-                ids[i, len(s) + 1] = self.sp["sep"]
-                n[i] = len(s) + 2
-            rows = {"input_ids": ids, "num_tokens": n}
         else:
-            ids, n = pack_documents([np.concatenate(d) if d else np.zeros(0, np.int32) for d in docs],
-                                    T, cls_id=self.sp["cls"], sep_id=self.sp["sep"], pad_id=self.sp["pad"])
+            ids, n = pack_documents([np.asarray(t, dtype=np.int32) for t in docs["tokens"]], T,
+                                    cls_id=self.sp["cls"], sep_id=self.sp["sep"], pad_id=self.sp["pad"])
             rows = {"input_ids": ids, "num_tokens": n}
-
         B = len(rows["input_ids"])
         rows["word_start"] = self.word_start(rows["input_ids"]).astype(np.uint8)
         rows["epoch"] = np.full(B, epoch, dtype=np.int32)
-        if self.chain_a is not None and B:
-            rows["view_a"], rows["view_b"] = self._views(rows, rng)
         c["rows"] += B
         c["slots"] += B * T
         c["real_tokens"] += int(rows["num_tokens"].sum()) if B else 0
-        for o in ("mlm", "nsp", "contrastive"):
-            if getattr(cfg.objectives, o):
-                c[f"examples_{o}"] += B
+        if self.cfg.objectives.mlm:
+            c["examples_mlm"] += B
         if "nsp_label" in rows:
-            c["examples_nsp"] = int((rows["nsp_label"] >= 0).sum())   # labeled pairs only
+            c["examples_nsp"] += int((rows["nsp_label"] >= 0).sum())   # labeled pairs only
         return rows, c
 
-    def _views(self, rows: dict, rng: np.random.Generator):
-        ids = rows["input_ids"]
-        body = ~np.isin(ids, self.special_ids)                   # text tokens
-        if "token_type_ids" in rows:
-            body &= rows["token_type_ids"] == 0                  # NSP unit: views of segment A
-        B, T = ids.shape
-        lengths = body.sum(1)
-        pos = np.cumsum(body, axis=1) - 1
-        tok = np.full((B, max(1, int(lengths.max()))), self.sp["pad"], dtype=np.int32)
-        r = np.broadcast_to(np.arange(B)[:, None], (B, T))
-        tok[r[body], pos[body]] = ids[body]
-        ws = np.zeros(tok.shape, dtype=bool)
-        ws[r[body], pos[body]] = self.word_start(ids)[body]
-        empty = lengths == 0
-        if empty.any():                                           # no text: view of [UNK]
-            tok[empty, 0] = self.sp["unk"]
-            lengths = np.maximum(lengths, 1)
-        kw = dict(max_seq_len=self.T, cls_id=self.sp["cls"], sep_id=self.sp["sep"],
-                  pad_id=self.sp["pad"], mask_id=self.sp["mask"], word_start=ws)
+    # ---------------------------------------------------------------- views (every epoch)
+    def views(self, docs: dict, epoch: int = 0) -> tuple[dict, Counter]:
+        """Contrastive view pairs of one group of tokenized documents: ``view_a``, ``view_b``
+        (P, max_tokens + 2), ``view_epoch`` (P,)."""
+        cc = self.cfg.contrastive
+        L = cc.max_tokens + 2
+        units = [u for d in self._sentences(docs) for u in _segments(d, cc.max_tokens)
+                 if len(u) >= cc.min_tokens]
+        P = len(units)
+        c = Counter(examples_contrastive=P)
+        if not P:
+            empty = np.zeros((0, L), np.int32)
+            return {"view_a": empty, "view_b": empty.copy(), "view_epoch": np.zeros(0, np.int32)}, c
+        lengths = np.array([len(u) for u in units], dtype=np.int64)
+        tok = np.full((P, int(lengths.max())), self.sp["pad"], dtype=np.int32)
+        for i, u in enumerate(units):
+            tok[i, :len(u)] = u
+        rng = self._rng(docs, epoch, 1)
+        kw = dict(max_seq_len=L, cls_id=self.sp["cls"], sep_id=self.sp["sep"], pad_id=self.sp["pad"],
+                  mask_id=self.sp["mask"], word_start=~self.cont[tok])
         a, _ = make_view(tok, lengths, self.chain_a, rng, **kw)
         b, _ = make_view(tok, lengths, self.chain_b, rng, **kw)
-        return a, b
+        c["view_tokens"] += int((a != self.sp["pad"]).sum() + (b != self.sp["pad"]).sum())
+        return {"view_a": a, "view_b": b, "view_epoch": np.full(P, epoch, np.int32)}, c
+
+    # ---------------------------------------------------------------- all of it
+    def build(self, doc_ids: list[str], texts: list[str], epoch: int = 0) -> tuple[dict, Counter]:
+        """Tokenize and build the rows and view pairs of the enabled objectives."""
+        docs, c = self.tokenize(doc_ids, texts)
+        out: dict = {}
+        if self.makes_rows or self.chain_a is None:
+            out, rc = self.rows(docs, epoch)
+            c += rc
+        if self.chain_a is not None:
+            pairs, vc = self.views(docs, epoch)
+            out.update(pairs)
+            c += vc
+        return out, c
+
+
+def _objects(items: list) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 def _segments(sentences: list[np.ndarray], max_len: int) -> list[np.ndarray]:

@@ -242,12 +242,37 @@ def _bounded_lines(fb, limit: int, chunk: int = 1 << 20) -> Iterator[bytes]:
         buf = buf[limit:]
 
 
+SNIFF_BYTES = 8192
+BINARY_SHARE = 0.30
+
+
+def looks_binary(head: bytes) -> bool:
+    """Whether the first bytes of a file are not text: a NUL byte, or more than ``BINARY_SHARE``
+    of the characters control characters or undecodable UTF-8 (plain text with a few stray bytes,
+    e.g. a Latin-1 accent here and there, stays well below)."""
+    if b"\x00" in head:
+        return True
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == SNIFF_BYTES:                     # a multibyte character cut at the end
+        text = text[:-1]
+    if not text:
+        return False
+    bad = sum(1 for ch in text if ch == "\ufffd" or (ord(ch) < 32 and ch not in "\t\n\r\f\v")
+              or 0x7F <= ord(ch) < 0xA0)
+    return bad / len(text) > BINARY_SHARE
+
+
 def _txt_documents(url: str, counts: Counter, max_chars: int) -> Iterator[tuple[str, str]]:
     """Blank-line separated documents, read in lines of at most ``max_chars`` bytes: memory stays
-    bounded whatever the file (one 100 MB line included). A NUL byte marks a binary file: the
-    rest of it is skipped and counted."""
+    bounded whatever the file (one 100 MB line included). A file whose first KBs are not text
+    (``looks_binary``) is skipped and counted; a NUL byte further on marks the rest of a file as
+    binary (skipped and counted too)."""
     import codecs
 
+    with _open_text(url) as fb:
+        if looks_binary(fb.read(SNIFF_BYTES)):
+            counts["files_skipped:binary"] += 1
+            return
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     buf: list[str] = []
     size = 0

@@ -28,38 +28,63 @@ def corpus_and_tokenizer(tmp_path_factory, wikitext, shakespeare):
     return corpus, tok
 
 
-def test_all_objectives_from_one_stream(ray_session, corpus_and_tokenizer):
-    from pipelines.data import build_datasets, report
+def _groups(ds, cfg):
+    from ssl_core.training.data import by_group
+    return list(by_group(ds.iter_batches(batch_size=cfg.data.batch_rows, batch_format="numpy")))
+
+
+def test_tokenized_once_counted_and_rebuilt_per_epoch(ray_session, corpus_and_tokenizer):
+    """The corpus is read and tokenized once (every record accounted for); the rows and view pairs
+    a worker builds from those documents are the ones the report counted, and the views change
+    from one epoch to the next while the documents do not."""
+    from pipelines.data import report, tokenized_corpus
+    from ssl_core.examples import ExampleBuilder
+    from ssl_core.training.data import train_batches
 
     corpus, tok = corpus_and_tokenizer
-    cfg = load_config("tiny", [f"data.corpus={corpus}", "data.max_documents=0", "objectives.nsp=true",
-                               "objectives.contrastive=true", "contrastive.view_b=crop:0.7,delete:0.1",
-                               "data.tokenize_actors=2"])
-    train, val, stats = build_datasets(cfg, resolve_corpus(corpus), str(tok), epochs=1)
-    T = cfg.data.max_seq_len
-    rows = 0
-    labels = []
-    for b in train.iter_batches(batch_size=512, batch_format="numpy"):
-        n = len(b["input_ids"])
-        rows += n
-        assert b["input_ids"].shape == (n, T) and b["view_a"].shape == (n, T) == b["view_b"].shape
-        assert np.all(b["input_ids"][:, 0] == 2) and np.all(b["view_a"][:, 0] == 2)
-        assert np.all((b["view_a"] != 0).sum(1) >= 3) and np.all((b["view_b"] != 0).sum(1) >= 3)
-        assert np.all(b["epoch"] == 0)
-        labels.append(b["nsp_label"])
-    vrows = sum(len(b["input_ids"]) for b in val.iter_batches(batch_size=512, batch_format="numpy"))
-    c = ray.get(stats.get.remote())
-    labels = np.concatenate(labels)
-    labeled = labels[labels != UNLABELED]
-    assert abs((labeled == 1).mean() - cfg.nsp.not_next_prob) < 0.02
+    cfg = load_config("tiny", [f"data.corpus={corpus}", "data.max_documents=0", "objectives.contrastive=true",
+                               "contrastive.view_b=crop:0.7,delete:0.1", "data.tokenize_actors=2",
+                               "data.shuffle_buffer=0", "data.max_epochs=2", "contrastive.batch_size=32"])
+    tc = tokenized_corpus(cfg, resolve_corpus(corpus), str(tok))
+    c = tc.counts
     skipped = sum(v for k, v in c.items() if k.startswith("skipped:"))
     assert c["records_read"] == c["records_used"] + skipped > 8000
-    assert c["train_documents"] + c["val_documents"] == c["documents"]
-    assert c["train_rows"] == rows and c["val_rows"] == vrows > 0
-    assert c["train_examples_contrastive"] == rows and c["train_examples_nsp"] == len(labeled)
+    assert c["train_documents"] + c["val_documents"] == c["documents"] == tc.train.count() + tc.val.count()
+    b = ExampleBuilder(cfg, str(tok))
+    groups = _groups(tc.train, cfg)
+    assert sum(len(b.rows(g, 0)[0]["input_ids"]) for g in groups) == c["train_rows"]
+    pairs0 = [b.views(g, 0)[0] for g in groups]
+    assert sum(len(p["view_a"]) for p in pairs0) == c["train_examples_contrastive"]
+    pairs1 = [b.views(g, 1)[0] for g in groups]
+    assert any(not np.array_equal(p["view_b"], q["view_b"]) for p, q in zip(pairs0, pairs1))
+    # a worker's batches: full rows of T tokens, view pairs cut to the batch's longest view
+    T, L = cfg.data.max_seq_len, cfg.contrastive.max_tokens + 2
+    epochs_seen, n_batches = set(), 0
+    for batch in train_batches(cfg, b, lambda e: tc.train.iter_batches(batch_size=97, batch_format="numpy")):
+        n_batches += 1
+        assert batch["input_ids"].shape == (cfg.train.batch_size, T)
+        P, width = batch["view_a"].shape
+        assert P == cfg.contrastive.batch_size and width <= L and batch["view_b"].shape == (P, width)
+        assert np.all(batch["view_a"][:, 0] == 2) and np.all((batch["view_b"] != 0).sum(1) >= 3)
+        epochs_seen.add(int(batch["epoch"].max()))
+    assert epochs_seen == {0, 1} and n_batches >= 2 * (c["train_rows"] // cfg.train.batch_size) - 1
     text = report(c, T)
-    assert "read = " in text and "(OK)" in text and "skipped" in text and "too_short" in text
-    assert "packing efficiency" in text and "nsp" in text and "contrastive" in text
+    assert "read = " in text and "(OK)" in text and "too_short" in text and "contrastive" in text
+
+
+def test_nsp_pairs_balanced(ray_session, corpus_and_tokenizer):
+    from pipelines.data import tokenized_corpus
+    from ssl_core.examples import ExampleBuilder
+
+    corpus, tok = corpus_and_tokenizer
+    cfg = load_config("tiny", [f"data.corpus={corpus}", "data.max_documents=0", "objectives.nsp=true"])
+    tc = tokenized_corpus(cfg, resolve_corpus(corpus), str(tok))
+    b = ExampleBuilder(cfg, str(tok))
+    labels = np.concatenate([b.rows(g, 0)[0]["nsp_label"] for g in _groups(tc.train, cfg)])
+    labeled = labels[labels != UNLABELED]
+    assert len(labeled) > 1000 and abs((labeled == 1).mean() - cfg.nsp.not_next_prob) < 0.02
+    c = tc.counts
+    assert abs(c["train_examples_nsp"] - len(labeled)) <= 0.02 * len(labeled)   # partners differ per actor
 
 
 def _ngrams(ids, n: int, specials: set[int]) -> set[tuple]:
@@ -78,20 +103,23 @@ def test_validation_documents_never_reach_training_rows(ray_session, corpus_and_
     """No held-out document is in the training rows of the real Ray Data stream, while training
     documents are found there, so the check can see a leak. A document counts as present when
     most of its token 12-grams are in the rows (a shared phrase or number pattern is not)."""
-    from pipelines.data import build_datasets
+    from pipelines.data import tokenized_corpus
     from ssl_core.examples import ExampleBuilder
     from ssl_core.text import document_batches, split_sentences
+    from ssl_core.training.data import train_batches
 
     corpus, tok = corpus_and_tokenizer
-    cfg = load_config("tiny", [f"data.corpus={corpus}", "data.max_documents=0", "data.val_fraction=0.05"])
+    cfg = load_config("tiny", [f"data.corpus={corpus}", "data.max_documents=0", "data.val_fraction=0.05",
+                               "data.max_epochs=1"])
     shards = resolve_corpus(corpus)
-    train, _, _ = build_datasets(cfg, shards, str(tok), epochs=1)
+    tc = tokenized_corpus(cfg, shards, str(tok))
     b = ExampleBuilder(cfg, str(tok))
     specials = set(b.special_ids)
     seen: set[tuple] = set()
-    for batch in train.iter_batches(batch_size=1024, batch_format="numpy"):
-        for row in batch["input_ids"]:
-            seen |= _ngrams(row, 12, specials)
+    for part in tc.parts(2):                     # what the two Train workers train on
+        for batch in train_batches(cfg, b, lambda e: part.iter_batches(batch_size=256, batch_format="numpy")):
+            for row in batch["input_ids"]:
+                seen |= _ngrams(row, 12, specials)
     docs = {True: [], False: []}
     for shard in shards:
         for group in document_batches(shard, cfg.data):
@@ -137,6 +165,9 @@ def test_bad_corpora_get_one_clear_line(tmp_path):
     one_error_line(stats(tmp_path, tmp_path / "x.docx"), "unsupported extension")
     (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 100)
     one_error_line(stats(tmp_path, tmp_path / "bin.txt"), "bin.txt", "no document")
+    noise = np.random.default_rng(1).integers(1, 256, 20_000, dtype=np.uint8).tobytes()   # no NUL
+    (tmp_path / "noise.txt").write_bytes(noise)
+    one_error_line(stats(tmp_path, tmp_path / "noise.txt"), "noise.txt", "no document")
     (tmp_path / "ws.txt").write_text("  \n\n\t\n")
     one_error_line(stats(tmp_path, tmp_path / "ws.txt"), "ws.txt", "no document")
 
@@ -153,6 +184,8 @@ def test_messy_corpus_is_read_with_counted_skips(tmp_path, wikitext):
                                           json.dumps({"text": "Another good one, long enough."})]) + "\n")
     (d / "empty.txt").write_text("")
     (d / "binary.txt").write_bytes(b"\x00\x01\x02" * 1000)
+    noise = np.random.default_rng(0).integers(1, 256, 20_000, dtype=np.uint8).tobytes()   # no NUL
+    (d / "noise.txt").write_bytes(noise)
     with gzip.open(d / "c.txt.gz", "wt") as f:
         f.write("Compressed text is read too, through fsspec.\n")
     res = stats(tmp_path, d, "--set", "data.max_doc_chars=1000000", "--set", "data.min_chars=10")
@@ -160,9 +193,9 @@ def test_messy_corpus_is_read_with_counted_skips(tmp_path, wikitext):
     out = res.stdout
     assert "(OK)" in out and "MISMATCH" not in out
     assert "malformed_json: 1" in out and "text_missing_or_not_text: 2" in out
-    assert "binary 1" in out and "long documents split: 1" in out
+    assert "binary 2" in out and "long documents split: 1" in out
     assert "lines with invalid UTF-8 replaced: 1" in out
-    assert "files       7 read" in out
+    assert "files       8 read" in out
 
 
 def test_corpus_too_small_for_one_batch(tmp_path):

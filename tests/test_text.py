@@ -3,6 +3,7 @@ import gzip
 import json
 from collections import Counter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -93,3 +94,19 @@ def test_validation_split_is_stable_and_about_the_right_size():
     val = [i for i in ids if is_validation(i, 0.05)]
     assert abs(len(val) / len(ids) - 0.05) < 0.01
     assert val == [i for i in ids if is_validation(i, 0.05)]
+
+
+def test_binary_files_are_recognised_by_their_first_bytes(tmp_path):
+    """Random bytes without a single NUL are not a document; text with stray bytes still is."""
+    from ssl_core.text import looks_binary
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(1, 256, 20_000, dtype=np.uint8).tobytes()
+    assert b"\x00" not in noise and looks_binary(noise[:8192])
+    latin1 = "Le café était fermé; nous sommes allés à la gare. ".encode("latin-1") * 200
+    assert not looks_binary(latin1[:8192])                       # accents as undecodable bytes
+    assert not looks_binary("Plain English text.\n\n".encode() * 500)
+    (tmp_path / "noise.txt").write_bytes(noise)
+    c = Counter()
+    assert list(iter_documents(resolve_corpus(str(tmp_path / "noise.txt"))[0], c)) == []
+    assert c["files_skipped:binary"] == 1 and c["records_read"] == 0

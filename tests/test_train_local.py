@@ -54,9 +54,15 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, shak
     full, s_full = run_local(cfg, tok_dir, val_batches=val, out_dir=tmp_path / "full")
     assert full["step"] == 10
     # the same run stopped at step 5 (max_steps 5 would change the LR schedule: stop by killing
-    # the data after 5 batches instead), then resumed from its checkpoint
-    first = local_batches(cfg, tok_dir)
-    five = [next(first) for _ in range(5)]
+    # the data after 5 batches instead), then resumed from its checkpoint: the resumed run rebuilds
+    # its (shuffled) batch stream and skips the five consumed batches
+    from ssl_core.examples import ExampleBuilder
+    from ssl_core.training.data import train_batches
+    from ssl_core.training.local import local_documents
+    assert cfg.data.shuffle_buffer > 0
+    docs = local_documents(cfg, tok_dir)
+    stream = train_batches(cfg, ExampleBuilder(cfg, tok_dir), lambda epoch: docs)
+    five = [next(stream) for _ in range(5)]
     _, s_half = run_local(cfg, tok_dir, train_batches=five, val_batches=val, out_dir=tmp_path / "half")
     assert s_half.final_dir.name == "checkpoint_00000005"
     resumed, s_res = run_local(cfg, tok_dir, val_batches=val, out_dir=tmp_path / "half", resume=True)
@@ -211,7 +217,7 @@ def test_an_objective_registered_outside_trains_through_the_loop(tmp_path, shake
     cfg = _cfg(shakespeare, "train.max_steps=30", "train.checkpoint_every=0", "train.log_every=5")
     val = list(local_batches(cfg, tok_dir, "val", batch_size=32, max_rows=64))
     final, sess = run_local(cfg, tok_dir, val_batches=val, out_dir=tmp_path)
-    windows = [m for m in sess.reported if "selected_loss" in m]
+    windows = [m for m in sess.logged if "selected_loss" in m]
     assert len(windows) >= 5 and final["step"] == 30
     # its metrics went through the window; it learned (15% of real tokens are selected: a constant
     # "no" scores 0.85, and the [MASK] tokens give most of the rest away)

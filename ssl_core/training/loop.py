@@ -9,10 +9,10 @@
     final = train_loop(TrainJob(cfg, tokenizer_dir), session)
 
 Under Ray Train the session is ``pipelines.train.RaySession``; without Ray a ``LocalSession``
-(``ssl_core.training.local.run_local``). Every rank runs the same number of optimizer steps: the
-session gives each worker as many batches as the others, and the stop at ``train.max_minutes`` is
-agreed by all ranks each step (the slowest clock), so no rank waits on a collective the others
-never reach. Before and after training rank 0 evaluates every objective on the held-out rows
+(``ssl_core.training.local.run_local``). Every rank runs the same number of optimizer steps: before
+each step all ranks agree (``Clock.agree``, one small collective) on the time budget
+(``train.max_minutes``, the slowest clock) and on whether every rank still has a batch, so no rank
+waits on a collective the others never reach. Before and after training rank 0 evaluates every objective on the held-out rows
 (MLM at the fixed 15% mask)."""
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch
 from ssl_core.log import say
 from ssl_core.training import checkpoint
 from ssl_core.training.job import TrainJob
+from ssl_core.training.data import batch_epoch
 from ssl_core.training.metrics import MetricWindow, all_reduce, progress_line
 from ssl_core.training.state import TrainState, build_state
 from ssl_core.training.step import next_window, train_step
@@ -33,23 +34,27 @@ NO_BATCH = "the training data yields no full batch"
 
 
 class Clock:
-    """Training progress in [0, 1]: steps done / max_steps, or elapsed / train.max_minutes when that
-    is further, on the slowest rank's clock (a collective when there is a budget)."""
+    """What all ranks agree on before each step, in one collective: training progress in [0, 1]
+    (steps done / max_steps, or the slowest rank's elapsed / train.max_minutes when further), and
+    whether every rank has a batch (each builds its own rows, so one may run out first)."""
 
     def __init__(self, ts: TrainState):
         tc = ts.cfg.train
         self.max_steps, self.budget, self.device = tc.max_steps, tc.max_minutes * 60.0, ts.device
+        self.world = ts.world
         self.t0 = time.perf_counter() - ts.progress.elapsed
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def progress(self, step: int) -> float:
+    def agree(self, step: int, have_batch: bool) -> tuple[float, bool]:
+        el = self.elapsed()
+        if self.world > 1 or self.budget > 0:
+            t = torch.tensor([el, 0.0 if have_batch else 1.0], dtype=torch.float64, device=self.device)
+            el, missing = all_reduce(t, torch.distributed.ReduceOp.MAX).tolist()
+            have_batch = missing == 0.0
         p = step / self.max_steps
-        if self.budget > 0:
-            el = torch.tensor([self.elapsed()], dtype=torch.float64, device=self.device)
-            p = max(p, float(all_reduce(el, torch.distributed.ReduceOp.MAX)[0]) / self.budget)
-        return p
+        return (max(p, el / self.budget) if self.budget > 0 else p), have_batch
 
 
 def _resume(ts: TrainState, session) -> None:
@@ -73,12 +78,13 @@ def _train(ts: TrainState, session, batches: Iterator[dict]) -> tuple[dict, str]
     pending = 0                                      # steps in the window not yet flushed
     ts.model.train()
     while True:
-        progress = clock.progress(p.step)
+        window, wait = next_window(batches, tc.grad_accum)
+        progress, have = clock.agree(p.step, window is not None)
         if progress >= 1.0:
             reason = "max_steps" if p.step >= tc.max_steps else "time_budget"
+            p.elapsed = clock.elapsed()                 # the clock at the stop (the budget's end)
             break
-        window, wait = next_window(batches, tc.grad_accum)
-        if window is None:
+        if not have:
             if p.step == 0:
                 raise RuntimeError(f"{NO_BATCH} of {tc.batch_size} sequences per worker: use a "
                                    "larger corpus or a smaller train.batch_size")
@@ -89,7 +95,7 @@ def _train(ts: TrainState, session, batches: Iterator[dict]) -> tuple[dict, str]
         sums, settings = train_step(ts, window, progress)
         p.step += 1
         p.batches += len(window)
-        p.epoch = int(max(int(b["epoch"].max()) for b in window))
+        p.epoch = max(batch_epoch(b) for b in window)
         p.elapsed = clock.elapsed()
         win.add(sums, wait)
         pending += 1
@@ -99,10 +105,12 @@ def _train(ts: TrainState, session, batches: Iterator[dict]) -> tuple[dict, str]
         if p.step >= tc.max_steps:
             reason = "max_steps"
             break
+        # only checkpoints are reported to the session between the start and the end: under Ray
+        # Train a report blocks until the controller has taken the previous one (it polls every
+        # 2 s), which cost ~1 s per log window when every window was reported; metrics go to the
+        # tracker through ``log_metrics`` instead
         if tc.checkpoint_every and p.step % tc.checkpoint_every == 0:
             checkpoint.report(session, ts, metrics, final=False)
-        elif p.step % tc.log_every == 0:
-            session.report(dict(metrics, step=p.step))
     if pending:                                     # every rank stopped at the same step
         metrics = _flush(ts, session, win, settings, names)
     return metrics, reason
@@ -131,17 +139,18 @@ def train_loop(job: TrainJob, session) -> dict:
         say(f"precision {str(ts.dtype).replace('torch.', '')} on {ts.device.type}, {ts.attention} "
             f"attention; measured GEMM peak {ts.peak_flops / 1e9:,.0f} GFLOP/s per worker; "
             f"{sum(p.numel() for p in ts.module.hf.parameters()):,} encoder parameters")
-    val = session.val_batches() if ts.rank == 0 else []
+    val = session.val_batches(ts) if ts.rank == 0 else []
     before: dict = {}
     if val and ts.progress.step == 0:
         before = ts.module.evaluate(val)
         session.log_metrics({f"{k}_initial": v for k, v in before.items()}, 0)
         say("eval before training: " + _fmt(before))
-    batches = session.train_batches(tc.batch_size, job.cfg.data.shuffle_buffer, tc.seed)
+    batches = session.train_batches(ts)
     for _ in islice(batches, ts.progress.batches):   # data position: skip what was trained on
         pass
     metrics, reason = _train(ts, session, batches)
     final = dict(metrics, step=ts.progress.step, tokens_seen=ts.progress.tokens, stop_reason=reason,
+                 elapsed_s=ts.progress.elapsed,
                  **{f"{k}_initial": v for k, v in before.items()})
     if val:
         after = ts.module.evaluate(val)

@@ -1,6 +1,9 @@
 """Where the training loop runs: a ``Session`` gives it its rank, device, data, checkpoints and a
 place for metrics. ``pipelines.train.RaySession`` is the Ray Train one; ``LocalSession`` runs the
-loop in this process without Ray (a GPU box with torch only, benchmarks, tests)."""
+loop in this process without Ray (a GPU box with torch only, benchmarks, tests).
+
+Both build batches the same way (``training.data``) from the tokenized documents they hold: the
+Ray one from its Ray Data shard, the local one from lists in memory (or given ready batches)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +12,8 @@ from pathlib import Path
 from typing import ContextManager, Iterable, Iterator, Protocol
 
 import torch
+
+from ssl_core.training import data
 
 
 class Session(Protocol):
@@ -19,12 +24,11 @@ class Session(Protocol):
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         """The module to train: moved to the device (DDP-wrapped across workers)."""
 
-    def train_batches(self, batch_size: int, shuffle_buffer: int, seed: int) -> Iterator[dict]:
-        """This worker's training batches (numpy dicts), epochs end to end; every worker gets the
-        same number of batches."""
+    def train_batches(self, ts) -> Iterator[dict]:
+        """This worker's training batches (numpy dicts), epochs end to end."""
 
-    def val_batches(self) -> list[dict]:
-        """Held-out rows, already masked at the evaluation ratio (rank 0)."""
+    def val_batches(self, ts) -> list[dict]:
+        """Held-out rows masked at the evaluation ratio (asked on rank 0)."""
 
     def latest_checkpoint(self) -> ContextManager[Path | None]:
         """The checkpoint directory to resume from, or None."""
@@ -40,27 +44,35 @@ class Session(Protocol):
 
 
 class LocalSession:
-    """One process, no Ray: batches from an iterable, checkpoints in ``out_dir`` (none without)."""
+    """One process, no Ray: ready batches, or batches built from tokenized ``documents`` /
+    ``val_docs`` (lists of document groups); checkpoints in ``out_dir`` (none without)."""
 
-    def __init__(self, train_batches: Iterable[dict], val_batches: list[dict] | None = None,
+    def __init__(self, train_batches: Iterable[dict] | None = None, val_batches: list[dict] | None = None,
                  out_dir: str | Path | None = None, device: str | None = None,
                  resume: bool = False, keep: int = 2):
         self.rank, self.world = 0, 1
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self._train, self._val = train_batches, val_batches or []
+        self._train, self._val = train_batches, val_batches
+        self.documents: list[dict] = []
+        self.val_docs: list[dict] = []
         self.out_dir = Path(out_dir) if out_dir else None
         self.resume, self.keep = resume, keep
-        self.reported: list[dict] = []
+        self.reported: list[dict] = []         # what the loop reported (checkpoints, the end)
+        self.logged: list[dict] = []           # every metric window (what MLflow gets under Ray)
         self.final_dir: Path | None = None
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(self.device)
 
-    def train_batches(self, batch_size: int, shuffle_buffer: int, seed: int) -> Iterator[dict]:
-        return iter(self._train)
+    def train_batches(self, ts) -> Iterator[dict]:
+        if self._train is not None:
+            return iter(self._train)
+        return data.train_batches(ts.cfg, ts.builder, lambda epoch: self.documents, self.rank)
 
-    def val_batches(self) -> list[dict]:
-        return self._val
+    def val_batches(self, ts) -> list[dict]:
+        if self._val is not None:
+            return list(self._val)
+        return data.val_batches(ts.builder, self.val_docs, ts.cfg.eval.heldout_rows)
 
     @contextlib.contextmanager
     def latest_checkpoint(self):
@@ -79,7 +91,7 @@ class LocalSession:
                 shutil.rmtree(old)
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        pass
+        self.logged.append(dict(metrics, step=step))
 
     def close(self) -> None:
         pass

@@ -81,9 +81,10 @@ def train_step(ts: TrainState, window: list[dict], progress: float) -> tuple[dic
             _add(sums, k, v.detach().double())
         _add(sums, "loss", loss.detach().double())
         _add(sums, "tokens", module.stream_tokens(batch))
-        _add(sums, "row_tokens", float(batch["num_tokens"].sum()))
-        _add(sums, "slots", float(batch["input_ids"].size))
-        _add(sums, "samples", float(len(batch["input_ids"])))
+        if "input_ids" in batch:
+            _add(sums, "row_tokens", float(batch["num_tokens"].sum()))
+            _add(sums, "slots", float(batch["input_ids"].size))
+        _add(sums, "samples", float(len(batch["input_ids"] if "input_ids" in batch else batch["view_a"])))
     with record_function("## optimizer"):
         if tc.grad_clip > 0:
             sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip).detach().double()
