@@ -7,9 +7,10 @@ MODEL is one of
 * ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``: a version of the Model Registry.
 
 MLflow URIs use ``MLFLOW_TRACKING_URI`` (else ``./mlflow.db``, as ``sslpipe pretrain``). The
-artifacts are downloaded to a temporary directory and reassembled into one loadable directory: the
-transformers flavour's ``model/`` (weights, config) + ``components/tokenizer/`` + the
-``sslpipe/`` side files that ``registry.log_and_register`` adds (pooling, training config, heads).
+artifacts are downloaded to a temporary directory: the registered pyfunc model
+(``registry.log_model``) holds the exported directory as it is (``artifacts/model/``); models
+logged otherwise (e.g. the ``transformers`` flavour: ``model/`` + ``components/tokenizer/``) are
+reassembled into one loadable directory.
 
     sslpipe evaluate outputs/<run>/model --tasks stsb,sst2
     sslpipe evaluate models:/sslpipe-encoder@champion --json
@@ -45,8 +46,10 @@ def assemble(root: Path, out: Path) -> Path:
     """One loadable directory from downloaded MLflow artifacts (or ``root`` itself when it is one)."""
     if (root / "config.json").is_file() and (root / "tokenizer.json").is_file():
         return root
-    cfg = _shallowest(root, "config.json")
     tok = _shallowest(root, "tokenizer.json")
+    if tok is not None and (tok.parent / "config.json").is_file():
+        return tok.parent                                # an exported directory, kept whole
+    cfg = _shallowest(root, "config.json")
     if cfg is None or tok is None:
         raise ModelRefError(f"no Hugging Face model (config.json + tokenizer.json) in the artifacts "
                             f"downloaded to {root}")

@@ -54,20 +54,21 @@ class PreparedRun:
         return self.out_root / "ray"
 
 
-def find_run(cfg: Config, workdir: Path, name: str) -> Path:
-    """The run directory to resume: ``name`` (a run name or a path), or the newest run under
-    ``output_dir`` when ``name`` is "latest"."""
+def find_run(cfg: Config, workdir: Path, name: str, marker: str = "run.json") -> Path:
+    """The run (or search: ``marker`` search.json) directory to resume: ``name`` (a name or a
+    path), or the newest one under ``output_dir`` when ``name`` is "latest"."""
     root = Path(cfg.output_dir)
     root = root if root.is_absolute() else workdir / root
+    what, cmd = ("search", "sslpipe tune") if marker == "search.json" else ("run", "sslpipe pretrain")
     if name != "latest":
         for cand in (Path(name), root / name):
-            if (cand / "run.json").is_file():
+            if (cand / marker).is_file():
                 return cand.resolve()
-        raise InputError(f"no run '{name}' to resume (looked for {root / name}/run.json); "
-                         f"runs are directories under output_dir '{root}'")
-    runs = sorted((p.parent for p in root.glob("*/run.json")), key=lambda p: p.stat().st_mtime)
+        raise InputError(f"no {what} '{name}' to resume (looked for {root / name}/{marker}); "
+                         f"they are directories under output_dir '{root}'")
+    runs = sorted((p.parent for p in root.glob(f"*/{marker}")), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise InputError(f"no run to resume under output_dir '{root}': start one with sslpipe pretrain")
+        raise InputError(f"no {what} to resume under output_dir '{root}': start one with {cmd}")
     return runs[-1].resolve()
 
 
@@ -165,22 +166,28 @@ def evaluate_model(cfg: Config, model_dir: Path) -> tuple[dict, str]:
     if not tasks:
         return {}, ""
     from ssl_core.evaluation import evaluate, format_table
-    res = evaluate(model_dir, tasks, corpus=cfg.data.corpus, progress=lambda m: say(f"eval: {m}"))
+    res = evaluate(model_dir, tasks, corpus=cfg.data.corpus, data_root=cfg.eval.data_root or None,
+                   progress=lambda m: say(f"eval: {m}"))
     return res, format_table(res)
 
 
-def publish(run: PreparedRun, result, counts: dict) -> tuple[str, Path, dict]:
+def publish(run: PreparedRun, result, counts: dict, run_id: str) -> tuple[str, Path, dict]:
     """In the active MLflow run: the data report, the exported model (from the final checkpoint),
-    the evaluation suite, metrics.json, the MLflow model and its registered version.
+    the evaluation suite, metrics.json, the evaluation report (markdown + PNG), the MLflow model
+    and its registered version. Every call to the tracking store is retried while it is not
+    reachable (``registry.retrying``): the exported directory is on disk whatever happens.
     Returns (models:/NAME/VERSION, exported directory, metrics)."""
     import mlflow
 
-    from pipelines import registry
+    from pipelines import plots, registry
+    from pipelines import report as eval_report
     from pipelines.data import report
 
     cfg = run.cfg
     metrics = dict(result.metrics or {})
-    mlflow.log_text(report(counts, cfg.data.max_seq_len), "data_report.txt")
+    retry = registry.retrying
+    retry(lambda: mlflow.log_text(report(counts, cfg.data.max_seq_len), "data_report.txt"),
+          "logging the data report")
     model_dir = run.out_root / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
@@ -189,13 +196,20 @@ def publish(run: PreparedRun, result, counts: dict) -> tuple[str, Path, dict]:
     scores, table = evaluate_model(cfg, model_dir)
     if scores:
         print(table, flush=True)
-        mlflow.log_text(table, "evaluation.txt")
-        mlflow.log_metrics({f"eval_{k}": float(v) for k, v in scores.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        retry(lambda: mlflow.log_text(table, "evaluation.txt"), "logging the evaluation")
+        retry(lambda: mlflow.log_metrics({f"eval_{k}": float(v) for k, v in scores.items()
+                                          if isinstance(v, (int, float)) and not isinstance(v, bool)}),
+              "logging the evaluation")
         metrics.update({f"eval_{k}": v for k, v in scores.items()})
     (run.out_root / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    model_uri, _ = registry.log_and_register(model_dir, cfg.mlflow.registered_model)
-    mlflow.set_tag("sslpipe.model_dir", str(model_dir))
+    history = retry(lambda: plots.run_history(run.tracking_uri, run_id), "reading the run's metrics")
+    md = eval_report.write(run.out_root, model_dir, run.run_name, history, table)
+    retry(lambda: [mlflow.log_artifact(str(p), "report") for p in (md, md.parent / "curves.png")
+                   if p.is_file()], "logging the evaluation report")
+    say(f"evaluation report: {md}")
+    model_uri, decision = retry(lambda: registry.register(model_dir, cfg, metrics), "registering the model")
+    retry(lambda: mlflow.set_tag("sslpipe.model_dir", str(model_dir)), "tagging the run")
+    say(f"registry: {decision}")
     return model_uri, model_dir, metrics
 
 
@@ -209,8 +223,9 @@ def run_pretrain(cfg: Config, workdir: str | Path | None = None, resume: str | N
     run = prepare(cfg, workdir, resume)
     cfg = run.cfg
     registry.setup_experiment(run.tracking_uri, cfg.mlflow.experiment, run.workdir)
-    run_ctx = mlflow.start_run(run_id=run.prior["mlflow_run_id"]) if run.prior.get("mlflow_run_id") \
-        else mlflow.start_run(run_name=run.run_name)
+    sysm = cfg.mlflow.system_metrics
+    run_ctx = mlflow.start_run(run_id=run.prior["mlflow_run_id"], log_system_metrics=sysm) \
+        if run.prior.get("mlflow_run_id") else mlflow.start_run(run_name=run.run_name, log_system_metrics=sysm)
     with run_ctx as mrun:
         if not run.prior:
             mlflow.log_params(registry.flatten(cfg.to_dict()))
@@ -221,7 +236,7 @@ def run_pretrain(cfg: Config, workdir: str | Path | None = None, resume: str | N
              "tokenizer_dir": str(run.tokenizer_dir), "config": cfg.to_dict()}, indent=2))
         say(f"MLflow run {mrun.info.run_id} in experiment '{cfg.mlflow.experiment}' at {run.tracking_uri}")
         result, counts = train(run, mrun.info.run_id)
-        model_uri, model_dir, metrics = publish(run, result, counts)
+        model_uri, model_dir, metrics = publish(run, result, counts, mrun.info.run_id)
     say(f"registered model: {model_uri}")
     say(f"exported Hugging Face directory: {model_dir}")
     return PretrainResult(model_uri, model_dir, mrun.info.run_id, metrics)

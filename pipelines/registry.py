@@ -13,47 +13,129 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ssl_core.errors import UserError
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-class TrackingError(RuntimeError):
-    """The MLflow tracking server cannot be used (unreachable, unhealthy)."""
+class TrackingError(UserError):
+    """The MLflow tracking server or registry cannot be used as asked (unreachable, no such
+    version)."""
+
+
+# our own retry loops decide how long to wait for a tracking server that went away; MLflow's
+# default HTTP retries (7, with backoff) would block each call for minutes
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 class MetricLogger:
-    """Metrics from the training worker (rank 0) into the MLflow run the driver opened, logged
-    asynchronously: a training step never waits on the tracking store."""
+    """Metrics from the training worker (rank 0) into the MLflow run the driver opened, from a
+    background thread: a training step never waits on the tracking store. When the store cannot
+    be reached, the values are kept (up to ``keep``) and sent when it is back; that it is gone,
+    and back, is said once each."""
 
-    def __init__(self, uri: str, run_id: str):
+    def __init__(self, uri: str, run_id: str, keep: int = 200_000):
+        import queue
+        import threading
+
         from ssl_core.log import say
 
-        self.say, self.run_id, self.pending = say, run_id, []
-        self.client = None
+        self.say, self.run_id, self.keep = say, run_id, keep
+        self.q: "queue.Queue" = queue.Queue()
+        self.client, self.failing, self.dropped = None, False, 0
         try:
             from mlflow.tracking import MlflowClient
             self.client = MlflowClient(tracking_uri=uri)
         except Exception as e:  # mlflow missing on a bare GPU box
             say(f"MLflow logging from the worker disabled: {e}")
+            return
+        self.thread = threading.Thread(target=self._run, name="sslpipe-mlflow", daemon=True)
+        self.thread.start()
 
     def log(self, metrics: dict, step: int) -> None:
         if self.client is None:
             return
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
-        try:
-            self.pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
-        except Exception as e:
-            self.say(f"could not log metrics to MLflow at step {step}: {e}")
+        self.q.put([Metric(k, float(v), ts, step) for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))])
 
-    def flush(self) -> None:
-        for op in self.pending:
+    def _send(self, pending: list) -> None:
+        while pending:
+            self.client.log_batch(self.run_id, metrics=pending[:1000])
+            del pending[:1000]
+
+    def _run(self) -> None:
+        import queue
+        pending: list = []
+        stop = False
+        while not stop or pending:
             try:
-                op.wait()
+                item = self.q.get(timeout=5.0 if pending else None)
+                if item is None:
+                    stop = True
+                else:
+                    pending.extend(item)
+            except queue.Empty:
+                pass
+            try:
+                self._send(pending)
+                if self.failing:
+                    self.say("MLflow tracking reachable again: the kept metrics were logged")
+                    self.failing = False
             except Exception as e:
-                self.say(f"could not log metrics to MLflow: {e}")
-        self.pending.clear()
+                if not self.failing:
+                    self.say(f"MLflow tracking not reachable ({str(e).splitlines()[0][:160]}): training "
+                             "goes on, metrics are kept and logged when it is back")
+                    self.failing = True
+                if len(pending) > self.keep:
+                    self.dropped += len(pending) - self.keep
+                    del pending[:len(pending) - self.keep]
+                if stop:
+                    break
+                time.sleep(2.0)
+        if pending:
+            self.say(f"could not log {len(pending) + self.dropped} metric values to MLflow (tracking "
+                     "not reachable at the end of training)")
+
+    def flush(self, timeout: float = 120.0) -> None:
+        """Send what is queued (waiting up to ``timeout`` seconds for the store)."""
+        if self.client is None:
+            return
+        self.q.put(None)
+        self.thread.join(timeout)
+
+
+def retrying(fn, what: str, seconds: float = 300.0, every: float = 5.0):
+    """``fn()``, tried again for up to ``seconds`` while the tracking store cannot be reached
+    (said once); then a TrackingError naming ``what``."""
+    from ssl_core.log import say
+
+    t_end, warned = time.time() + seconds, False
+    while True:
+        try:
+            return fn()
+        except Exception as e:                         # MlflowException, requests/urllib errors
+            if not _unreachable(e) or time.time() > t_end:
+                if _unreachable(e):
+                    raise TrackingError(f"{what}: the MLflow tracking store was not reachable for "
+                                        f"{seconds:.0f}s ({_first_line(e)})") from None
+                raise
+            if not warned:
+                say(f"{what}: MLflow tracking not reachable ({_first_line(e)}); retrying for up to {seconds:.0f}s")
+                warned = True
+            time.sleep(every)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
+def _unreachable(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(k in text for k in ("connection", "max retries", "timed out", "timeout", "unreachable",
+                                   "refused", "temporarily unavailable", "502", "503", "504"))
 
 
 def tracking_uri(workdir: str | Path | None = None) -> str:
@@ -111,41 +193,126 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def log_and_register(model_dir: str | Path, registered_name: str,
-                     example: str = "The [MASK] of the function is returned.") -> tuple[str, str]:
-    """Log the HF directory as an MLflow ``transformers`` fill-mask model in the active run and
-    register it. Returns (``models:/NAME/VERSION``, the logged model URI)."""
+SERVING_CODE = Path(__file__).with_name("serving.py")
+EXAMPLE = "The [MASK] of the function is returned."
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+def log_model(model_dir: str | Path, registered_name: str) -> tuple[str, str]:
+    """Log the exported directory as the pyfunc model of ``serving.py`` (fill-mask and sentence
+    embedding; safetensors weights as an artifact, the model's code as a file: nothing pickled) in
+    the active run, with a signature, an input example and pinned requirements, and register it.
+    Returns (version, the logged model URI)."""
     import mlflow
+    import pandas as pd
     import tokenizers
     import torch
     import transformers
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    pipe = transformers.pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir),
-                                 device="cpu")
-    reqs = [f"transformers=={transformers.__version__}", f"tokenizers=={tokenizers.__version__}",
-            f"torch=={torch.__version__.split('+')[0]}"]
-    info = mlflow.transformers.log_model(
-        transformers_model=pipe, name="model", pip_requirements=reqs,
-        input_example=[example], registered_model_name=registered_name)
-    log_side_files(model_dir, info.model_id)
-    return f"models:/{registered_name}/{info.registered_model_version}", info.model_uri
+    example = [EXAMPLE]                         # texts: a list of strings (or a one-column frame)
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("task", "string", "fill-mask"), ParamSpec("top_k", "long", 5)]))
+    reqs = [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}",
+            f"tokenizers=={tokenizers.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+            f"pandas=={pd.__version__}", f"safetensors=={_version('safetensors')}"]
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(SERVING_CODE), artifacts={"model": str(model_dir)},
+        signature=signature, input_example=example, pip_requirements=reqs,
+        registered_model_name=registered_name)
+    return str(info.registered_model_version), info.model_uri
 
 
-def log_side_files(model_dir: str | Path, model_id: str) -> None:
-    """Add what the transformers flavour does not save (sentence-transformers pooling files, the
-    training config, extra heads) to the logged model under ``sslpipe/``: ``sslpipe evaluate
-    models:/...`` puts them back beside the weights."""
-    import shutil
-    import tempfile
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+    return version(dist)
 
+
+def champion_metric(cfg) -> str:
+    m = cfg.mlflow.champion_metric
+    return "stsb_spearman" if m == "auto" else m
+
+
+def eval_spec(cfg, metric: str) -> str:
+    """What a score was measured on: versions are compared only when this is the same."""
+    from ssl_core.masking import EVAL_RATIO, EVAL_SEED
+    if metric == "stsb_spearman":
+        return "STS-B dev (shipped with sslpipe), cosine of the pooled embedding"
+    if metric == "sick_spearman":
+        return "SICK dev, cosine of the pooled embedding"
+    d = cfg.data
+    return (f"held-out split of {d.corpus} (val_fraction {d.val_fraction}, max_documents "
+            f"{d.max_documents}), {metric} at a {EVAL_RATIO:.0%} mask seed {EVAL_SEED}")
+
+
+def register(model_dir: str | Path, cfg, scores: dict) -> tuple[str, str]:
+    """Log and register a trained model: the new version gets the alias ``candidate``;
+    ``champion`` moves to it only when its score (``mlflow.champion_metric``, on the same
+    evaluation) beats the current champion's, or when there is none. The decision, with both
+    numbers, is written on the version (tags and description). Returns (models:/NAME/VERSION, the
+    decision)."""
     import mlflow
-    from ssl_core.export import SIDE_FILES
 
-    present = [rel for rel in SIDE_FILES if (Path(model_dir) / rel).is_file()]
-    if not present:
-        return
-    with tempfile.TemporaryDirectory() as d:
-        for rel in present:
-            (Path(d) / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(model_dir) / rel, Path(d) / rel)
-        mlflow.MlflowClient().log_model_artifacts(model_id, d, "sslpipe")
+    name = cfg.mlflow.registered_model
+    version, _ = log_model(model_dir, name)
+    client = mlflow.MlflowClient()
+    metric = champion_metric(cfg)
+    score = scores.get(metric, scores.get(f"eval_{metric}"))
+    spec = eval_spec(cfg, metric)
+    tags = {"sslpipe.metric": metric, "sslpipe.eval_spec": spec}
+    if score is not None:
+        tags["sslpipe.score"] = f"{float(score):.6f}"
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    decision = _decide(client, name, version, metric, spec, score)
+    client.set_model_version_tag(name, version, "sslpipe.champion_decision", decision)
+    client.update_model_version(name, version, description=decision)
+    return f"models:/{name}/{version}", decision
+
+
+def _decide(client, name: str, version: str, metric: str, spec: str, score) -> str:
+    from mlflow.exceptions import MlflowException
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champ = None
+    if champ is None:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return f"champion: the first version of {name} ({metric} {_fmt(score)})"
+    old = champ.tags.get("sslpipe.score")
+    if score is None:
+        return f"candidate only: no {metric} for this version; champion stays version {champ.version}"
+    if champ.tags.get("sslpipe.metric") != metric or champ.tags.get("sslpipe.eval_spec") != spec or old is None:
+        return (f"candidate only: champion version {champ.version} was scored on another evaluation "
+                f"({champ.tags.get('sslpipe.metric')}: {champ.tags.get('sslpipe.eval_spec')}); "
+                f"promote by hand with: sslpipe promote {name} {version}")
+    if float(score) > float(old):
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return f"champion: {metric} {_fmt(score)} > {_fmt(old)} of version {champ.version}"
+    return f"candidate only: {metric} {_fmt(score)} <= {_fmt(old)} of champion version {champ.version}"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{float(v):.4f}"
+
+
+def promote(name: str, version: str) -> str:
+    """Move ``champion`` to ``name`` ``version`` by hand (the decision is written on the version)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as e:
+        msg = str(getattr(e, "message", e)).splitlines()[0]
+        raise TrackingError(f"no version {version} of registered model '{name}' at "
+                            f"{mlflow.get_tracking_uri()}: {msg}") from None
+    client.set_registered_model_alias(name, CHAMPION, version)
+    decision = f"champion: promoted by hand (sslpipe promote {name} {version})"
+    client.set_model_version_tag(name, version, "sslpipe.champion_decision", decision)
+    client.update_model_version(name, version, description=decision)
+    return decision

@@ -97,7 +97,7 @@ def train_func(config: dict) -> None:
 
 
 def fit(cfg: Config, train_parts: list, val_ds, tokenizer_dir: str, storage_path: str, run_name: str,
-        mlflow_uri: str | None, run_id: str | None):
+        mlflow_uri: str | None, run_id: str | None, callbacks: list | None = None):
     """Run ``train_func`` on ``cfg.train.num_workers`` Ray Train workers, worker i on
     ``train_parts[i]`` (tokenized documents); returns the Result. Run again with the same
     ``storage_path`` and ``run_name`` and it resumes from the newest checkpoint there."""
@@ -119,7 +119,8 @@ def fit(cfg: Config, train_parts: list, val_ds, tokenizer_dir: str, storage_path
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              # progress lines are ours; Train's per-report INFO lines are noise
-                             logging_config=LoggingConfig(log_level="WARNING")),
+                             logging_config=LoggingConfig(log_level="WARNING"),
+                             callbacks=callbacks or None),
     )
     return trainer.fit()
 

@@ -216,9 +216,12 @@ class EvalConfig:
     # fixed-15% MLM and NSP evaluation on the held-out split runs in the trainer anyway
     tasks: str = "stsb,sick,sst2,trec"
     heldout_rows: int = 1024      # held-out rows the trainer scores before and after training (MLM, NSP)
+    every: int = 0                # > 0: also every this many steps (+ STS-B dev Spearman), reported (Tune)
+    data_root: str = ""           # labelled sets (sick/, sst2/, trec/): a path or fsspec URI; "" = default
 
     def validate(self) -> None:
         _check(self.heldout_rows >= 1, "eval.heldout_rows must be >= 1")
+        _check(self.every >= 0, "eval.every must be >= 0")
         for t in (x.strip() for x in self.tasks.split(",") if x.strip()):
             _check(t in EVAL_TASKS, f"eval.tasks: unknown task {t!r} (known: {', '.join(EVAL_TASKS)})")
 
@@ -228,6 +231,78 @@ class MlflowConfig:
     experiment: str = "sslpipe"
     registered_model: str = "sslpipe-encoder"
     run_name: str = ""            # empty = generated
+    champion_metric: str = "auto"   # what @champion is compared on: auto = stsb_spearman, else mlm_accuracy
+    system_metrics: bool = True   # CPU / memory / GPU of the driver logged with every run
+
+    def validate(self) -> None:
+        _check(self.champion_metric in ("auto",) + CHAMPION_METRICS,
+               f"mlflow.champion_metric must be auto or one of {', '.join(CHAMPION_METRICS)}, "
+               f"got {self.champion_metric!r}")
+
+
+CHAMPION_METRICS = ("stsb_spearman", "mlm_accuracy", "sick_spearman", "nsp_accuracy")
+TUNE_METRICS = ("mlm_accuracy", "stsb_spearman", "nsp_accuracy")
+
+
+def parse_range(text: str, key: str) -> tuple[float, float] | None:
+    """``"low,high"`` -> (low, high); "" -> None (not searched). ConfigError on a bad range."""
+    if not str(text).strip():
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{key}: expected 'low,high', got {text!r}") from None
+    _check(lo < hi, f"{key}: low {lo} must be below high {hi}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    num_samples: int = 8              # trials
+    max_concurrent_trials: int = 0    # 0 = as many as the cluster's CPUs fit (one at a time on 2 cores)
+    time_budget_minutes: float = 0.0  # > 0: no new trial after this; running ones are stopped
+    seed: int = 0
+    metric: str = "auto"              # auto | mlm_accuracy | stsb_spearman | nsp_accuracy | weighted
+    weights: str = ""                 # metric=weighted: "mlm_accuracy:1,stsb_spearman:1"
+    eval_every: int = 50              # steps between evaluations (what ASHA compares trials on)
+    grace_period: int = 2             # evaluations every trial gets before ASHA may stop it
+    reduction_factor: int = 2         # ASHA keeps 1 in this many at each rung
+    mask_ratio: str = "0.10,0.50"     # masking.ratio searched uniformly in low,high ("" = not searched)
+    ratio_end: str = ""               # masking.ratio_end (linear schedule) in low,high
+    temperature: str = "0.01,0.2"     # contrastive.temperature, log-uniform (searched when contrastive is on)
+    lr: str = ""                      # train.lr, log-uniform
+
+    def validate(self) -> None:
+        _check(self.num_samples >= 1, "tune.num_samples must be >= 1")
+        _check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials must be >= 0")
+        _check(self.time_budget_minutes >= 0, "tune.time_budget_minutes must be >= 0")
+        _check(self.eval_every >= 1, "tune.eval_every must be >= 1")
+        _check(self.grace_period >= 1, "tune.grace_period must be >= 1")
+        _check(self.reduction_factor >= 2, "tune.reduction_factor must be >= 2")
+        _check(self.metric in ("auto", "weighted") + TUNE_METRICS,
+               f"tune.metric must be auto, weighted or one of {', '.join(TUNE_METRICS)}, got {self.metric!r}")
+        for key in ("mask_ratio", "ratio_end"):
+            r = parse_range(getattr(self, key), f"tune.{key}")
+            _check(r is None or (0.0 < r[0] and r[1] < 1.0), f"tune.{key}: a ratio range must lie in (0, 1)")
+        for key in ("temperature", "lr"):
+            r = parse_range(getattr(self, key), f"tune.{key}")
+            _check(r is None or r[0] > 0, f"tune.{key}: the range must be > 0 (log-uniform)")
+        if self.metric == "weighted":
+            w = self.weight_map()
+            _check(bool(w), "tune.metric=weighted needs tune.weights, e.g. 'mlm_accuracy:1,stsb_spearman:1'")
+
+    def weight_map(self) -> dict[str, float]:
+        out = {}
+        for part in (p.strip() for p in self.weights.split(",") if p.strip()):
+            name, _, w = part.partition(":")
+            _check(name.strip() in TUNE_METRICS, f"tune.weights: unknown metric {name.strip()!r} "
+                   f"(known: {', '.join(TUNE_METRICS)})")
+            try:
+                out[name.strip()] = float(w or 1.0)
+            except ValueError:
+                raise ConfigError(f"tune.weights: {part!r} is not metric:weight") from None
+        return out
 
 
 @dataclass(frozen=True)
@@ -242,6 +317,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     output_dir: str = "outputs"   # exported models and run files go under here
 
     def validate(self) -> "Config":

@@ -34,8 +34,10 @@ def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     check_model_config(cfg, max_seq_len)
-    if cfg.init_from:
-        return AutoModelForMaskedLM.from_pretrained(cfg.init_from, attn_implementation="sdpa")
+    if cfg.init_from:     # sizes are the checkpoint's; dropout is a training setting: ours
+        return AutoModelForMaskedLM.from_pretrained(
+            cfg.init_from, attn_implementation="sdpa", hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.attention_dropout)
     positions = max(max_seq_len, 64)
     kw = dict(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
               num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,

@@ -9,16 +9,18 @@ Tasks (every score is a fraction in [0, 1] or a Spearman ρ in [-1, 1], never x1
                 from ``document_batches`` exactly as the data stage builds validation rows, scored by
                 ``mlm_metrics`` (the trainer's evaluator too). Needs an MLM head.
 * ``nsp``       NSP accuracy on held-out pairs (unmasked), with the head in ``sslpipe_heads.safetensors``.
-* ``stsb``, ``sick``  Spearman ρ between the cosine of pooled embeddings and the gold scores (dev).
+* ``stsb``, ``sick``  Spearman ρ between the cosine of pooled embeddings and the gold scores (dev);
+                STS-B dev ships with the package (``stsb_dev``), so it runs anywhere.
 * ``sst2``, ``trec``  linear probe (logistic regression on frozen pooled embeddings): SST-2 trained
                 on a seeded sample of train, scored on dev; TREC-6 (train only here) on a seeded 80/20
                 split of train.
 * ``fillmask``  top-5 predictions for a few fixed sentences (a smoke check of the MLM head).
 
 Pooling is read from the directory's sentence-transformers ``Pooling`` config (``mean`` when there is
-none), the maximum length from ``sentence_bert_config.json`` / the tokenizer. Labelled data comes from
-``data_root`` (default ``SSLPIPE_DATA_ROOT`` or ``../shared/data`` beside the checkout); a missing
-file skips its task with a note, and no test split is ever read.
+none), the maximum length from ``sentence_bert_config.json`` / the tokenizer. The other labelled
+sets come from ``data_root``, a path or an fsspec URI (default ``SSLPIPE_DATA_ROOT`` or
+``../shared/data`` beside the checkout); a missing file skips its task with a note, and no test
+split is ever read.
 
 A new task is a function ``task_NAME(lm, ctx) -> (metrics, note)`` added to ``TASK_FUNCTIONS`` (and
 its name to ``ssl_core.config.EVAL_TASKS``, its rows to ``_ROWS``).
@@ -93,12 +95,46 @@ class _Skip(Exception):
     """A task that cannot run on this model / data: the message goes to the table."""
 
 
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    """A labelled TSV of ../shared/data: header row, tab-separated, NO quoting."""
-    if not path.is_file():
-        raise _Skip(f"data file {path} not found (set --data-root or SSLPIPE_DATA_ROOT)")
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+def read_tsv(path: str | Path) -> list[dict[str, str]]:
+    """A labelled TSV (a local path or an fsspec URI): header row, tab-separated, NO quoting."""
+    import io
+
+    import fsspec
+
+    try:
+        fs, p = fsspec.core.url_to_fs(str(path))
+        if not fs.isfile(p):
+            raise FileNotFoundError(p)
+        text = fs.cat_file(p).decode("utf-8")
+    except (FileNotFoundError, OSError) as e:
+        raise _Skip(f"data file {path} not found (set --data-root, eval.data_root or "
+                    f"SSLPIPE_DATA_ROOT){'' if isinstance(e, FileNotFoundError) else f': {e}'}") from None
+    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+STSB_DEV = "stsb_dev.tsv"       # shipped in ssl_core/resources (see its README: CC BY-SA 4.0)
+
+
+def stsb_dev() -> tuple[list[str], list[str], np.ndarray]:
+    """The STS-B dev pairs shipped with the package: (sentences 1, sentences 2, gold scores 0-5)."""
+    from importlib.resources import files
+
+    text = (files("ssl_core") / "resources" / STSB_DEV).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
+    return ([r["sentence1"] for r in rows], [r["sentence2"] for r in rows],
+            np.array([float(r["score"]) for r in rows]))
+
+
+def sts_spearman(embed: Callable[[list[str]], np.ndarray], s1: list[str], s2: list[str],
+                 gold: np.ndarray) -> float:
+    """Spearman ρ between the cosine of the embeddings of each pair and the gold scores;
+    ``embed`` maps sentences to (N, H) vectors (each distinct sentence is embedded once)."""
+    uniq = list(dict.fromkeys(s1 + s2))
+    emb = np.asarray(embed(uniq), dtype=np.float64)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    pos = {s: i for i, s in enumerate(uniq)}
+    cos = (emb[[pos[s] for s in s1]] * emb[[pos[s] for s in s2]]).sum(1)
+    return _spearman(cos, gold)
 
 
 # ---------------------------------------------------------------- the model
@@ -231,7 +267,7 @@ def heldout_rows(cfg: Config, tokenizer_dir: Path, max_rows: int) -> tuple[dict,
 class EvalContext:
     """What the tasks share: held-out corpus override, labelled-data root, sizes."""
     corpus: str | None
-    root: Path
+    root: str                     # labelled data: a path or an fsspec URI
     batch_size: int = 64
     max_rows: int = MAX_EVAL_ROWS
     probe_train_size: int = SST2_TRAIN_SAMPLE
@@ -289,26 +325,22 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def _sts(lm: LoadedModel, path: Path, score_col: str, batch_size: int) -> tuple[float, str]:
-    rows = read_tsv(path)
-    s1, s2 = [r["sentence1"] for r in rows], [r["sentence2"] for r in rows]
-    gold = np.array([float(r[score_col]) for r in rows])
-    uniq = list(dict.fromkeys(s1 + s2))
-    emb = lm.encode(uniq, batch_size)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    pos = {s: i for i, s in enumerate(uniq)}
-    cos = (emb[[pos[s] for s in s1]] * emb[[pos[s] for s in s2]]).sum(1)
-    return _spearman(cos, gold), f"{len(rows):,} pairs of {path}"
-
-
 def task_stsb(lm: LoadedModel, ctx: EvalContext):
-    rho, note = _sts(lm, ctx.root / "stsb" / "dev.tsv", "score", ctx.batch_size)
-    return {"stsb_spearman": rho}, note
+    s1, s2, gold = stsb_dev()
+    rho = sts_spearman(lambda xs: lm.encode(xs, ctx.batch_size), s1, s2, gold)
+    return {"stsb_spearman": rho}, f"{len(gold):,} pairs of STS-B dev (shipped with sslpipe)"
 
 
 def task_sick(lm: LoadedModel, ctx: EvalContext):
-    rho, note = _sts(lm, ctx.root / "sick" / "dev.tsv", "relatedness_score", ctx.batch_size)
-    return {"sick_spearman": rho}, note
+    path = _url(ctx.root, "sick", "dev.tsv")
+    rows = read_tsv(path)
+    rho = sts_spearman(lambda xs: lm.encode(xs, ctx.batch_size), [r["sentence1"] for r in rows],
+                       [r["sentence2"] for r in rows], np.array([float(r["relatedness_score"]) for r in rows]))
+    return {"sick_spearman": rho}, f"{len(rows):,} pairs of {path}"
+
+
+def _url(root: str, *parts: str) -> str:
+    return "/".join([str(root).rstrip("/"), *parts])
 
 
 def _probe(lm: LoadedModel, train_x, train_y, test_x, test_y, batch_size: int) -> float:
@@ -322,7 +354,7 @@ def _probe(lm: LoadedModel, train_x, train_y, test_x, test_y, batch_size: int) -
 
 
 def task_sst2(lm: LoadedModel, ctx: EvalContext):
-    train, dev = read_tsv(ctx.root / "sst2" / "train.tsv"), read_tsv(ctx.root / "sst2" / "dev.tsv")
+    train, dev = read_tsv(_url(ctx.root, "sst2", "train.tsv")), read_tsv(_url(ctx.root, "sst2", "dev.tsv"))
     rng = np.random.default_rng(SAMPLE_SEED)
     pick = rng.choice(len(train), size=min(ctx.probe_train_size, len(train)), replace=False)
     tr = [train[i] for i in pick]
@@ -333,7 +365,7 @@ def task_sst2(lm: LoadedModel, ctx: EvalContext):
 
 
 def task_trec(lm: LoadedModel, ctx: EvalContext):
-    rows = read_tsv(ctx.root / "trec" / "train.tsv")
+    rows = read_tsv(_url(ctx.root, "trec", "train.tsv"))
     perm = np.random.default_rng(SAMPLE_SEED).permutation(len(rows))
     cut = int(round(0.8 * len(rows)))
     tr, te = [rows[i] for i in perm[:cut]], [rows[i] for i in perm[cut:]]
@@ -388,7 +420,7 @@ def evaluate(model_dir: str | Path, tasks: str | list[str] | None = None, *,
     max_seq_len) and, with fillmask, ``fillmask_examples`` ([(sentence, [top-k tokens])]).
     ``numeric(results)`` keeps the floats. ``probe_train_size``: SST-2 train sentences for the probe."""
     names = parse_tasks(tasks)
-    ctx = EvalContext(corpus, Path(data_root) if data_root else default_data_root(), batch_size,
+    ctx = EvalContext(corpus, str(data_root) if data_root else str(default_data_root()), batch_size,
                       max_rows, probe_train_size)
     if corpus and {"mlm", "nsp"} & set(names):           # a corpus given by hand must exist
         from ssl_core.text import CorpusError, resolve_corpus

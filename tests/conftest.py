@@ -79,38 +79,49 @@ def ray_session(session_tmp):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(session_tmp):
-    """A real `mlflow server` on 127.0.0.1 with a SQLite registry; yields its URI."""
-    d = session_tmp / "mlflow-server"
-    d.mkdir()
-    port = free_port()
+def start_mlflow_server(d: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:``port``, SQLite registry and artifacts under ``d``, in its own
+    session (stopped by its PID); returns once /health answers."""
+    d.mkdir(parents=True, exist_ok=True)
     uri = f"http://127.0.0.1:{port}"
-    log = open(d / "server.log", "wb")
+    log = open(d / "server.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
          "--artifacts-destination", str(d / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=d, start_new_session=True)
+    log.close()
     deadline = time.time() + 120
     while True:
         try:
             with urllib.request.urlopen(uri + "/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+            stop_server(proc)
             raise RuntimeError("mlflow server did not start:\n" + (d / "server.log").read_text()[-3000:])
         time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(session_tmp):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite registry; yields its URI."""
+    port = free_port()
+    proc = start_mlflow_server(session_tmp / "mlflow-server", port)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):

@@ -171,8 +171,7 @@ def test_cli_evaluate_registered_model_by_alias(tiny_dir, data_root, mlflow_serv
 
     registry.setup_experiment(mlflow_server, "eval-test")
     with mlflow.start_run():
-        uri, _ = registry.log_and_register(tiny_dir, "eval-tiny")
-    version = uri.rsplit("/", 1)[1]
+        version, _ = registry.log_model(tiny_dir, "eval-tiny")
     mlflow.MlflowClient(tracking_uri=mlflow_server).set_registered_model_alias("eval-tiny", "champion", version)
 
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "SSLPIPE_DATA_ROOT": str(data_root)}
@@ -187,3 +186,18 @@ def test_cli_evaluate_registered_model_by_alias(tiny_dir, data_root, mlflow_serv
     r = run_cli("evaluate", "models:/eval-tiny@nope", cwd=tmp_path, env=env)
     assert r.returncode == 2 and r.stderr.startswith("sslpipe: error: ") and "nope" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_sts_b_dev_ships_with_the_package(tiny_dir, tmp_path):
+    """No labelled data anywhere (a fresh clone, a cluster node): STS-B dev still evaluates, from
+    the package; the other tasks skip with a note naming where they looked."""
+    from ssl_core.evaluation import stsb_dev
+
+    s1, s2, gold = stsb_dev()
+    assert len(s1) == len(s2) == len(gold) == 1500 and 0 <= gold.min() and gold.max() <= 5
+    r = run_cli("evaluate", str(tiny_dir), "--tasks", "stsb,sick", "--json", cwd=tmp_path,
+                env={"SSLPIPE_DATA_ROOT": str(tmp_path / "nowhere")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert -1 <= res["stsb_spearman"] <= 1 and "stsb" not in res["skipped"]
+    assert str(tmp_path / "nowhere") in res["skipped"]["sick"]

@@ -79,9 +79,15 @@ def check_registry(client: MlflowClient, name: str, version: str, run_id: str):
     assert 0 <= m["eval_mlm_accuracy"] <= 1 and m["tokens_per_s"] > 0
     assert 0.5 < m["packing_efficiency"] <= 1.0                     # MLM rows are packed
     assert run.data.params["masking.ratio"] == "0.15"
-    pipe = mlflow.transformers.load_model(f"models:/{name}/{version}")
-    out = pipe(f"the {pipe.tokenizer.mask_token} of the")
-    assert len(out) >= 1 and {"token_str", "score"} <= set(out[0])
+    # the registered model: pyfunc, both tasks, loaded from the registry with no code of ours
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    top = model.predict(["the [MASK] of the"], params={"task": "fill-mask", "top_k": 4})[0]
+    assert len(top) == 4 and all({"token_str", "score"} <= set(t) for t in top)
+    assert sorted((t["score"] for t in top), reverse=True) == [t["score"] for t in top]
+    emb = np.array(model.predict(["a sentence", "another sentence"], params={"task": "embed"}))
+    assert emb.shape[0] == 2 and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert mv.tags["sslpipe.metric"] and "sslpipe.champion_decision" in mv.tags
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == str(version)
 
 
 def test_cli_pretrain_to_mlflow_server(tmp_path, mlflow_server, wikitext):

@@ -26,6 +26,7 @@ from ssl_core.log import say
 from ssl_core.training import checkpoint
 from ssl_core.training.job import TrainJob
 from ssl_core.training.data import batch_epoch
+from ssl_core.training.evals import evaluate_now
 from ssl_core.training.metrics import MetricWindow, all_reduce, progress_line
 from ssl_core.training.state import TrainState, build_state
 from ssl_core.training.step import next_window, train_step
@@ -67,10 +68,10 @@ def _resume(ts: TrainState, session) -> None:
                     f"consumed, {p.elapsed:.0f}s trained)")
 
 
-def _train(ts: TrainState, session, batches: Iterator[dict]) -> tuple[dict, str]:
+def _train(ts: TrainState, session, batches: Iterator[dict], val: list[dict]) -> tuple[dict, str]:
     """Optimizer steps until max_steps, the time budget or the end of the data; returns the last
     window's metrics and why it stopped."""
-    tc, p = ts.cfg.train, ts.progress
+    tc, p, every = ts.cfg.train, ts.progress, ts.cfg.eval.every
     names = list(ts.module.objectives)
     win, clock = MetricWindow(ts), Clock(ts)
     metrics: dict = {}
@@ -109,11 +110,23 @@ def _train(ts: TrainState, session, batches: Iterator[dict]) -> tuple[dict, str]
         # Train a report blocks until the controller has taken the previous one (it polls every
         # 2 s), which cost ~1 s per log window when every window was reported; metrics go to the
         # tracker through ``log_metrics`` instead
-        if tc.checkpoint_every and p.step % tc.checkpoint_every == 0:
+        if every and p.step % every == 0:          # an evaluation (Tune's unit), with a checkpoint
+            checkpoint.report(session, ts, dict(metrics, **_evaluate(ts, session, val)), final=False)
+        elif tc.checkpoint_every and p.step % tc.checkpoint_every == 0:
             checkpoint.report(session, ts, metrics, final=False)
     if pending:                                     # every rank stopped at the same step
         metrics = _flush(ts, session, win, settings, names)
     return metrics, reason
+
+
+def _evaluate(ts: TrainState, session, val: list[dict]) -> dict:
+    """Rank 0's evaluation at this step (``evals.evaluate_now``), logged; {} on other ranks."""
+    if ts.rank != 0:
+        return {}
+    m = evaluate_now(ts, val)
+    session.log_metrics(m, ts.progress.step)
+    say(f"eval at step {ts.progress.step}: " + _fmt(m))
+    return m
 
 
 def _flush(ts: TrainState, session, win: MetricWindow, settings: dict, names: list[str]) -> dict:
@@ -148,11 +161,13 @@ def train_loop(job: TrainJob, session) -> dict:
     batches = session.train_batches(ts)
     for _ in islice(batches, ts.progress.batches):   # data position: skip what was trained on
         pass
-    metrics, reason = _train(ts, session, batches)
+    metrics, reason = _train(ts, session, batches, val)
     final = dict(metrics, step=ts.progress.step, tokens_seen=ts.progress.tokens, stop_reason=reason,
                  elapsed_s=ts.progress.elapsed,
                  **{f"{k}_initial": v for k, v in before.items()})
-    if val:
+    if ts.rank == 0 and job.cfg.eval.every:
+        final.update(_evaluate(ts, session, val))
+    elif val:
         after = ts.module.evaluate(val)
         final.update(after)
         session.log_metrics(after, ts.progress.step)
