@@ -27,9 +27,10 @@ from collections import Counter
 import numpy as np
 import ray
 
-from ssl_core.config import Config
+from ssl_core.config import Config, parse_amounts
 from ssl_core.examples import ExampleBuilder
 from ssl_core.text import Shard, document_batches, per_shard_limit
+from ssl_core.tokenizer import TokenizerFiles
 
 
 @ray.remote(num_cpus=0)
@@ -117,7 +118,8 @@ def documents(cfg: Config, shards: list[Shard], stats=None) -> "ray.data.Dataset
     items = [dataclasses.asdict(s) for s in shards]
     limit = per_shard_limit(cfg.data.max_documents, len(shards))
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
-    return ds.map_batches(_read, batch_size=1, fn_kwargs=dict(cfg=cfg, per_shard_limit=limit, stats=stats))
+    return ds.map_batches(_read, batch_size=1, fn_kwargs=dict(cfg=cfg, per_shard_limit=limit, stats=stats),
+                          **data_resources(cfg))
 
 
 @dataclasses.dataclass
@@ -134,17 +136,29 @@ class TokenizedCorpus:
         return self.train.split_at_indices([total * i // n for i in range(1, n)])
 
 
-def tokenized_corpus(cfg: Config, shards: list[Shard], tokenizer_dir: str) -> TokenizedCorpus:
-    """Read and tokenize the corpus once, materialized; counts for the data report."""
+def data_resources(cfg: Config) -> dict:
+    """``data.resources`` as Ray remote args of every data-stage task and actor."""
+    extra = parse_amounts(cfg.data.resources, "data.resources")
+    return {"resources": extra} if extra else {}
+
+
+def carried(tokenizer_dir) -> TokenizerFiles:
+    """The tokenizer by value: actors and workers on other nodes cannot read the driver's disk."""
+    return tokenizer_dir if isinstance(tokenizer_dir, TokenizerFiles) else TokenizerFiles.from_dir(tokenizer_dir)
+
+
+def tokenized_corpus(cfg: Config, shards: list[Shard], tokenizer_dir) -> TokenizedCorpus:
+    """Read and tokenize the corpus once, materialized; counts for the data report.
+    ``tokenizer_dir``: a directory on this machine, or its ``TokenizerFiles``."""
     quiet_data_context()
     stats = Stats.remote()
     try:
         docs = documents(cfg, shards, stats).map_batches(
-            Tokenize, batch_size=None, fn_constructor_kwargs=dict(cfg=cfg, tokenizer_dir=str(tokenizer_dir),
+            Tokenize, batch_size=None, fn_constructor_kwargs=dict(cfg=cfg, tokenizer_dir=carried(tokenizer_dir),
                                                                   stats=stats),
-            compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenize_actors)).materialize()
-        train = docs.map_batches(_select, fn_kwargs={"val": False}, batch_size=None).materialize()
-        val = docs.map_batches(_select, fn_kwargs={"val": True}, batch_size=None).materialize()
+            compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenize_actors), **data_resources(cfg)).materialize()
+        train = docs.map_batches(_select, fn_kwargs={"val": False}, batch_size=None, **data_resources(cfg)).materialize()
+        val = docs.map_batches(_select, fn_kwargs={"val": True}, batch_size=None, **data_resources(cfg)).materialize()
         counts = ray.get(stats.get.remote())
     finally:
         ray.kill(stats)

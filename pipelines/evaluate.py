@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ssl_core.errors import UserError
 from ssl_core.evaluation import EvaluationError, evaluate, format_table, parse_tasks
-from ssl_core.export import SIDE_FILES, TOKENIZER_FILES
+from ssl_core.export import SIDE_FILES
+from ssl_core.tokenizer import TOKENIZER_FILES
 
 
 class ModelRefError(UserError):

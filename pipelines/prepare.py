@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ssl_core.config import Config
+from ssl_core.config import Config, parse_amounts
 from ssl_core.errors import UserError
 from ssl_core.log import say
 from ssl_core.text import CorpusError, resolve_corpus, sample_documents
@@ -34,7 +34,10 @@ def ensure_ray(cfg: Config) -> None:
     # Train workers + the tokenizer actors + Ray Data tasks must fit at once, or the pipeline
     # waits forever on 2-core machines: give local Ray enough logical CPUs.
     need = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.tokenize_actors + 1
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+    # a config made for a cluster (custom resources per node pool) runs on one machine too
+    custom = {k: 1000.0 for k in {**parse_amounts(cfg.data.resources, "data.resources"),
+                                  **parse_amounts(cfg.train.resources_per_worker, "train.resources_per_worker")}}
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), resources=custom or None,
              dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True)
 
 

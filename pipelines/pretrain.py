@@ -50,8 +50,13 @@ class PreparedRun:
     prior: dict = field(default_factory=dict)    # run.json of a run being resumed
 
     @property
-    def storage(self) -> Path:
-        return self.out_root / "ray"
+    def storage(self) -> str:
+        """Where Ray Train keeps checkpoints (under RUN/ in it): ``train.storage_path``, a path or
+        URI every node reaches, else ``output_dir/RUN/ray`` on the driver's disk."""
+        sp = self.cfg.train.storage_path.strip()
+        if not sp:
+            return str(self.out_root / "ray")
+        return sp.rstrip("/") if "://" in sp else str((self.workdir / sp).resolve())
 
 
 def find_run(cfg: Config, workdir: Path, name: str, marker: str = "run.json") -> Path:
@@ -119,6 +124,19 @@ def prepare(cfg: Config, workdir: str | Path | None = None, resume: str | None =
     return PreparedRun(cfg, run_name, out_root, shards, tok_dir, uri, workdir, prior)
 
 
+def warn_local_storage(run: PreparedRun) -> None:
+    """Checkpoints on the driver's disk with Train workers on other machines: say so (a node's
+    checkpoint would stay on that node unless the path is a shared filesystem)."""
+    import ray
+    if "://" in run.storage:
+        return
+    hosts = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    if len(hosts) > 1:
+        say(f"warning: checkpoints go to {run.storage} on the driver's machine and the cluster has "
+            f"{len(hosts)} machines; unless that is a shared filesystem, set train.storage_path to "
+            "an s3:// or gs:// URI")
+
+
 def train(run: PreparedRun, mlflow_run_id: str | None):
     """Ray Data (the corpus read and tokenized once) + Ray Train for a prepared run; returns (Ray
     Train's Result, the data report's counts). InputError when the corpus is too small."""
@@ -141,6 +159,7 @@ def train(run: PreparedRun, mlflow_run_id: str | None):
     say(f"training: {cfg.train.num_workers} workers x {cfg.train.batch_size} sequences of "
         f"{cfg.data.max_seq_len} tokens, {cfg.train.max_steps} steps; checkpoints in "
         f"{run.storage} (resume with: sslpipe pretrain --resume {run.run_name})")
+    warn_local_storage(run)
     try:
         result = fit(cfg, corpus.parts(cfg.train.num_workers), corpus.val, str(run.tokenizer_dir),
                      str(run.storage), run.run_name, run.tracking_uri, mlflow_run_id)
@@ -154,7 +173,7 @@ def train(run: PreparedRun, mlflow_run_id: str | None):
                              f"{cfg.train.num_workers} workers; use more text or lower "
                              "train.batch_size / train.num_workers") from None
         raise error
-    orphans = prune_orphan_checkpoints(run.storage / run.run_name)
+    orphans = [] if "://" in run.storage else prune_orphan_checkpoints(Path(run.storage) / run.run_name)
     if orphans:
         say(f"removed {len(orphans)} checkpoint(s) left unfinished by a failed worker: {', '.join(orphans)}")
     return result, counts

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from ssl_core.config import Config
+from ssl_core.config import Config, parse_amounts
 from ssl_core.training import TrainJob, Tracking, data, train_loop
 
 
@@ -96,6 +96,12 @@ def train_func(config: dict) -> None:
     train_loop(config["job"], RaySession(config["job"]))
 
 
+def worker_resources(cfg: Config) -> dict:
+    """What one Train worker asks Ray for (``use_gpu`` adds the GPU)."""
+    return {"CPU": cfg.train.cpus_per_worker,
+            **parse_amounts(cfg.train.resources_per_worker, "train.resources_per_worker")}
+
+
 def fit(cfg: Config, train_parts: list, val_ds, tokenizer_dir: str, storage_path: str, run_name: str,
         mlflow_uri: str | None, run_id: str | None, callbacks: list | None = None):
     """Run ``train_func`` on ``cfg.train.num_workers`` Ray Train workers, worker i on
@@ -107,12 +113,15 @@ def fit(cfg: Config, train_parts: list, val_ds, tokenizer_dir: str, storage_path
                            ScalingConfig)
     from ray.train.torch import TorchTrainer
 
+    from pipelines.data import carried
+
     tracking = Tracking(mlflow_uri, run_id) if mlflow_uri and run_id else None
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"job": TrainJob(cfg, str(tokenizer_dir), tracking)},
+        train_loop_config={"job": TrainJob(cfg, carried(tokenizer_dir), tracking)},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+                                     resources_per_worker=worker_resources(cfg),
+                                     placement_strategy=cfg.train.placement),
         datasets={**{f"train_{i}": p for i, p in enumerate(train_parts)}, "val": val_ds},
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(name=run_name, storage_path=str(storage_path),

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ssl_core.config import Config, parse_range
 from ssl_core.log import say
+from ssl_core.tokenizer import TokenizerFiles
 from pipelines.prepare import InputError
 
 # tune.<key> -> (the config key it searches, how)
@@ -82,7 +83,7 @@ def trial_config(base: Config, params: dict) -> Config:
 class SearchSetup:
     """What every trial needs; travels to the trials through ``tune.with_parameters``."""
     base: dict
-    tokenizer_dir: str
+    tokenizer_dir: TokenizerFiles        # by value: a trial may run on another node
     parts: list                      # tokenized training documents, one part per Train worker
     val: object                      # tokenized held-out documents
     tracking_uri: str
@@ -90,6 +91,7 @@ class SearchSetup:
     parent_run_id: str
     search_dir: str
     params: list = field(default_factory=list)
+    one_at_a_time: bool = False      # trials run one after another (2-core default)
 
 
 def _child_run(setup: SearchSetup, trial: str, cfg: Config, params: dict, name: str = "") -> str:
@@ -126,13 +128,16 @@ def run_trial(config: dict, setup: SearchSetup) -> None:
     ctx = tune.get_context()
     trial = ctx.get_trial_id()
     base = Config.from_dict(setup.base)
+    if setup.one_at_a_time:
+        _remove_stale_train_groups(base)
     params = {k: config[k] for k in setup.params}
     cfg = trial_config(base, params)
     run_id = _child_run(setup, trial, cfg, params, ctx.get_trial_name())
     mlflow.set_tracking_uri(setup.tracking_uri)
     with mlflow.start_run(run_id=run_id, log_system_metrics=cfg.mlflow.system_metrics):
-        result = fit(cfg, setup.parts, setup.val, setup.tokenizer_dir,
-                     str(Path(setup.search_dir) / "train"), f"trial-{trial}", setup.tracking_uri, run_id,
+        storage = cfg.train.storage_path.strip().rstrip("/") or str(Path(setup.search_dir) / "train")
+        result = fit(cfg, setup.parts, setup.val, setup.tokenizer_dir, storage, f"trial-{trial}",
+                     setup.tracking_uri, run_id,
                      callbacks=[TuneReportCallback()])
         if result.error is not None:
             raise result.error
@@ -143,6 +148,32 @@ def run_trial(config: dict, setup: SearchSetup) -> None:
             shutil.copytree(Path(d) / "model", out)
         mlflow.set_tag("sslpipe.model_dir", str(out))
         _log_curves(run_id, setup.tracking_uri, trial)
+
+
+def _remove_stale_train_groups(cfg: Config) -> list[str]:
+    """Trials one at a time: remove this job's Ray Train worker groups (placement groups of
+    ``num_workers`` bundles of ``cpus_per_worker`` CPUs; Tune's own hold 0.01 CPU) before a trial
+    starts its own.
+    Ray Train V2 removes a stopped trial's worker group from a detached cleaner that polls the
+    state API; on a loaded 2-core machine that was seen to lag for minutes, and the next trial's
+    workers waited for the CPUs it held. A placement group id ends with its job's id."""
+    import ray
+    from ray.util import get_current_placement_group
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    own = get_current_placement_group()
+    shape = [cfg.train.cpus_per_worker] * cfg.train.num_workers
+    removed = []
+    for pg_id, info in placement_group_table().items():
+        cpus = [b.get("CPU", 0) for b in info["bundles"].values()]
+        if info["state"] == "CREATED" and pg_id.endswith(job) and cpus == shape \
+                and (own is None or pg_id != own.id.hex()):
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+            removed.append(pg_id)
+    if removed:
+        say(f"removed {len(removed)} placement group(s) left by an earlier trial")
+    return removed
 
 
 def _log_curves(run_id: str, uri: str, title: str) -> None:
@@ -199,7 +230,7 @@ def run_tune(cfg: Config, workdir: str | Path | None = None, resume: str | None 
     import mlflow
 
     from pipelines import registry
-    from pipelines.data import report, tokenized_corpus
+    from pipelines.data import carried, report, tokenized_corpus
     from pipelines.prepare import check_enough_rows, corpus_shards, ensure_ray, tokenizer_for
     from ssl_core.encoder import check_model_config
 
@@ -230,8 +261,9 @@ def run_tune(cfg: Config, workdir: str | Path | None = None, resume: str | None 
             (search_dir / "search.json").write_text(json.dumps(
                 {"name": name, "parent_run_id": run.info.run_id, "tracking_uri": uri,
                  "tokenizer_dir": str(tok_dir), "config": cfg.to_dict()}, indent=2))
-        setup = SearchSetup(cfg.to_dict(), str(tok_dir), corpus.parts(cfg.train.num_workers), corpus.val,
-                            uri, exp_id, run.info.run_id, str(search_dir), list(space))
+        setup = SearchSetup(cfg.to_dict(), carried(tok_dir), corpus.parts(cfg.train.num_workers), corpus.val,
+                            uri, exp_id, run.info.run_id, str(search_dir), list(space),
+                            concurrency(cfg, cfg.train.num_workers * cfg.train.cpus_per_worker) == 1)
         grid = _fit_search(cfg, space, setup, search_dir, resume=bool(prior))
         return _summarize(cfg, grid, space, setup, search_dir, run.info.run_id)
 
@@ -300,6 +332,7 @@ def _summarize(cfg: Config, grid, space: dict, setup: SearchSetup, search_dir: P
     table = format_table(rows, space)
     print(table, flush=True)
     (search_dir / "trials.txt").write_text(table + "\n")
+    (search_dir / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
     mlflow.log_text(table, "trials.txt")
     mlflow.log_text(json.dumps(rows, indent=2, default=str), "trials.json")
     metric = "score (" + " + ".join(k if w == 1 else f"{w:g}×{k}" for k, w in _weights(cfg).items()) + ")"

@@ -40,8 +40,11 @@ class DataConfig:
     max_doc_chars: int = 1_000_000        # longer documents (or lines) are cut into pieces this long
     max_epochs: int = 1000                # passes over the data at most (training stops at max_steps)
     shuffle_buffer: int = 2000            # rows in each worker's local shuffle buffer (0 = off)
+    resources: str = ""                   # Ray resources each read task / tokenizer actor asks for, e.g.
+                                          # "sslpipe_data:0.01" to keep them on the CPU pool (cluster/)
 
     def validate(self) -> None:
+        parse_amounts(self.resources, "data.resources")
         _check(self.max_seq_len >= 8, "data.max_seq_len must be >= 8")
         _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction must be in [0, 0.5)")
         _check(self.batch_rows >= 1, "data.batch_rows must be >= 1")
@@ -188,8 +191,15 @@ class TrainConfig:
     keep_checkpoints: int = 2     # checkpoints kept on storage (the newest)
     max_failures: int = 2         # worker failures survived by resuming from the last checkpoint
     seed: int = 0
+    resources_per_worker: str = ""  # extra Ray resources per worker, e.g. "sslpipe_train:1" (GPU pool)
+    storage_path: str = ""        # checkpoints: a path or s3:// gs:// URI shared by all nodes ("" = the run dir)
+    placement: str = "PACK"       # Ray placement of the workers: PACK | SPREAD (one per node where it can)
 
     def validate(self) -> None:
+        extra = parse_amounts(self.resources_per_worker, "train.resources_per_worker")
+        _check(self.placement in ("PACK", "SPREAD"), f"train.placement must be PACK or SPREAD, got {self.placement!r}")
+        _check(not {"CPU", "GPU"} & set(extra), "train.resources_per_worker: set CPU and GPU with "
+               "train.cpus_per_worker and train.use_gpu")
         _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
         _check(self.max_minutes >= 0, "train.max_minutes must be >= 0")
         _check(self.lr_schedule in ("linear", "cosine", "constant"),
@@ -255,6 +265,19 @@ def parse_range(text: str, key: str) -> tuple[float, float] | None:
         raise ConfigError(f"{key}: expected 'low,high', got {text!r}") from None
     _check(lo < hi, f"{key}: low {lo} must be below high {hi}")
     return lo, hi
+
+
+def parse_amounts(text: str, key: str) -> dict[str, float]:
+    """``"name:amount,name:amount"`` -> {name: amount} (Ray resources); "" -> {}."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in str(text).split(",") if p.strip()):
+        name, _, amount = part.partition(":")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            raise ConfigError(f"{key}: {part!r} is not name:amount (e.g. 'sslpipe_data:0.01')") from None
+        _check(bool(name.strip()) and out[name.strip()] > 0, f"{key}: {part!r} needs a name and an amount > 0")
+    return out
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ssl_core.tokenizer import TOKENIZER_FILES, local_tokenizer_dir
+
 if TYPE_CHECKING:                       # torch is imported where it is used: fast CLI errors
     import torch
 
@@ -37,9 +39,6 @@ SIDE_FILES = ST_FILES + (HEADS_FILE, CONFIG_FILE)
 
 # Files of a tokenizer directory worth copying (a full model directory, e.g. a sentence-transformers
 # one, may be given as the tokenizer directory: its weights and module files are not copied).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.model")
 
 # sentence-transformers v6 class paths (the pre-v6 ``sentence_transformers.models.*`` still load,
 # through a deprecation shim).
@@ -64,7 +63,7 @@ def copy_tokenizer(tokenizer_dir: str | Path, out: Path, model_max_length: int) 
     """Copy the tokenizer files; ``model_max_length`` is set to what the model was trained on, and
     fixed padding / truncation baked into ``tokenizer.json`` (some published tokenizers carry one)
     is dropped, so the raw ``tokenizers.Tokenizer`` encodes text unpadded."""
-    src = Path(tokenizer_dir)
+    src = Path(local_tokenizer_dir(tokenizer_dir))
     if not (src / "tokenizer.json").is_file():
         raise FileNotFoundError(f"tokenizer directory '{src}' has no tokenizer.json")
     for name in TOKENIZER_FILES:

@@ -7,12 +7,60 @@ speed inside Ray Data, as a raw ``tokenizers.Tokenizer`` from ``dir/tokenizer.js
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """A tokenizer directory carried by value: its files' bytes travel with the job (pickled
+    through Ray's object store), so a worker on a node that does not share the driver's disk
+    loads the same tokenizer. ``local_dir()`` writes them once per node (content-addressed)."""
+    files: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def from_dir(cls, tok_dir: str | Path) -> "TokenizerFiles":
+        src = Path(tok_dir)
+        if not (src / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"tokenizer directory '{src}' has no tokenizer.json")
+        return cls(tuple((n, (src / n).read_bytes()) for n in TOKENIZER_FILES if (src / n).is_file()))
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name, data in self.files:
+            h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        return h.hexdigest()[:16]
+
+    def local_dir(self) -> Path:
+        out = Path(tempfile.gettempdir()) / f"sslpipe-tokenizer-{self.digest()}"
+        if (out / "tokenizer.json").is_file():
+            return out
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        for name, data in self.files:
+            (tmp / name).write_bytes(data)
+        try:
+            os.replace(tmp, out)             # atomic: concurrent workers on one node agree
+        except OSError:                      # another process got there first
+            for f in tmp.iterdir():
+                f.unlink()
+            tmp.rmdir()
+        return out
+
+
+def local_tokenizer_dir(tok: "str | Path | TokenizerFiles") -> str:
+    """A directory on this machine holding the tokenizer ``tok`` names or carries."""
+    return str(tok.local_dir() if isinstance(tok, TokenizerFiles) else tok)
 
 
 def train_wordpiece(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 8000,
@@ -55,10 +103,10 @@ def save_tokenizer(tok, out_dir: str | Path, lowercase: bool = True, model_max_l
     return out
 
 
-def load_fast(tok_dir: str | Path):
+def load_fast(tok_dir: "str | Path | TokenizerFiles"):
     """The raw ``tokenizers.Tokenizer`` (no transformers import; what Ray Data actors use)."""
     from tokenizers import Tokenizer
-    return Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
+    return Tokenizer.from_file(str(Path(local_tokenizer_dir(tok_dir)) / "tokenizer.json"))
 
 
 def special_ids(tok) -> dict[str, int]:

@@ -38,6 +38,16 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_per_test():
+    """``mlflow.set_tracking_uri`` is process-wide and exports MLFLOW_TRACKING_URI to subprocesses:
+    a test that points MLflow at its server must not point the next test's clients and CLIs there."""
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def session_tmp() -> Path:
     return _SESSION_TMP

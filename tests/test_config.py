@@ -33,10 +33,23 @@ def test_overrides_are_typed():
     (["tokenizer.lowercase=3"], "tokenizer.lowercase"),
     (["masking.ratio=1.5"], "masking.ratio"),
     (["train.max_steps"], "section.key=value"),
+    (["train.resources_per_worker=sslpipe_train"], "train.resources_per_worker"),
+    (["train.resources_per_worker=GPU:1"], "train.use_gpu"),
+    (["data.resources=sslpipe_data:-1"], "data.resources"),
+    (["train.placement=RANDOM"], "train.placement"),
 ])
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config("tiny", override)
+
+
+def test_resources_reach_ray_as_amounts():
+    from pipelines.data import data_resources
+    from pipelines.train import worker_resources
+    c = load_config("cluster-gpu", ["train.cpus_per_worker=3"])
+    assert worker_resources(c) == {"CPU": 3.0, "sslpipe_train": 1.0} and c.train.use_gpu
+    assert data_resources(c) == {"resources": {"sslpipe_data": 0.01}}
+    assert data_resources(load_config("tiny")) == {}
 
 
 def test_unknown_key_in_yaml_is_an_error(tmp_path):

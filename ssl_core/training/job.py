@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ssl_core.config import Config
+from ssl_core.tokenizer import TokenizerFiles
 
 
 @dataclass(frozen=True)
@@ -21,5 +22,5 @@ class Tracking:
 @dataclass(frozen=True)
 class TrainJob:
     cfg: Config
-    tokenizer_dir: str
+    tokenizer_dir: "str | TokenizerFiles"   # a local directory, or carried by value (Ray workers)
     tracking: Tracking | None = None
