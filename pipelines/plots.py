@@ -91,19 +91,19 @@ def search_scatter(rows: list[dict], key: str, out: Path, metric: str, log: bool
 
 
 def asha_rungs(rows: list[dict], out: Path, metric: str, rungs: list[int]) -> Path | None:
-    """Each trial's metric after each evaluation; ASHA's rungs as vertical lines, early-stopped
-    trials ending in a cross, the best trial thick."""
+    """Each trial's metric after each evaluation (``history``: (evaluation, value) pairs; a trial
+    restored from a finished state may hold only its last); ASHA's rungs as vertical lines,
+    early-stopped trials ending in a cross, the best trial thick."""
     lines = [r for r in rows if r.get("history")]
     if not lines:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in lines:
-        x = list(range(1, len(r["history"]) + 1))
+        x, y = zip(*r["history"])
         marker, color = _STYLE.get(r["status"], ("o", "gray"))
-        ax.plot(x, r["history"], color="green" if r.get("best") else color, lw=3 if r.get("best") else 1,
-                alpha=0.9)
-        ax.scatter([x[-1]], [r["history"][-1]], marker=marker, c=color, s=40, zorder=3)
+        ax.plot(x, y, color="green" if r.get("best") else color, lw=3 if r.get("best") else 1, alpha=0.9)
+        ax.scatter([x[-1]], [y[-1]], marker=marker, c=color, s=40, zorder=3)
     for g in rungs:
         ax.axvline(g, color="gray", ls=":", lw=1)
     from matplotlib.ticker import MaxNLocator

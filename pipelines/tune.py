@@ -317,7 +317,8 @@ def _summarize(cfg: Config, grid, space: dict, setup: SearchSetup, search_dir: P
         m = res.metrics or {}
         df = res.metrics_dataframe
         trial = m.get("trial_id") or (str(df["trial_id"].iloc[-1]) if df is not None and "trial_id" in df else "?")
-        hist = [] if df is None or "score" not in df else [float(x) for x in df["score"].dropna().tolist()]
+        hist = [] if df is None or "score" not in df else \
+            [(int(i), float(x)) for i, x in df[["training_iteration", "score"]].dropna().itertuples(index=False)]
         row = {"trial": trial, "name": trial, "status": _status(res, cfg),
                "score": m.get("score"), "step": m.get("step"), "evaluations": m.get("training_iteration"),
                "history": hist, **{k: res.config.get(k) for k in space}}
