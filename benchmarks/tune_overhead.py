@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ def main() -> None:
     p.add_argument("--config", default="tune-tiny")
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--keep", default=None, help="copy the search's table and plots into this directory")
     a = p.parse_args()
     from pipelines.configs import load_config
     cfg = load_config(a.config, a.overrides)
@@ -64,7 +66,12 @@ def main() -> None:
         search = run(["tune", "--config", a.config, *sets, "--set", f"tune.num_samples={a.trials}",
                       "--set", "tune.max_concurrent_trials=1", "--set", f"tune.grace_period={evals + 1}",
                       "--set", "mlflow.run_name=search"], wd, env)
-        rows = json.loads((wd / "outputs" / "search" / "trials.json").read_text())
+        sdir = wd / "outputs" / "search"
+        rows = json.loads((sdir / "trials.json").read_text())
+        if a.keep:
+            Path(a.keep).mkdir(parents=True, exist_ok=True)
+            for f in [sdir / "trials.txt", *sdir.glob("*.png")]:
+                shutil.copy(f, Path(a.keep) / f.name)
         assert len(rows) == a.trials and all(r["status"] == "done" for r in rows), rows
         solo = []
         for i, r in enumerate(rows):

@@ -43,7 +43,7 @@ def _wait_for(pred, timeout: float, what: str, poll: float = 0.2):
 
 
 def test_worker_killed_mid_run_resumes_from_checkpoint(tmp_path, ray_session, shakespeare,
-                                                       monkeypatch, capfd):
+                                                       monkeypatch):
     from ray.util.state import list_actors
 
     from pipelines.configs import load_config
@@ -81,12 +81,12 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(tmp_path, ray_session, sh
     assert "err" not in out, out.get("err")
     res = out["res"]
     assert res.metrics["step"] == steps
-    logs = capfd.readouterr()
-    text = logs.out + logs.err
-    resumed = [int(line.split("resumed from checkpoint at step ")[1].split()[0])
-               for line in text.splitlines() if "resumed from checkpoint at step " in line]
-    assert resumed and resumed[0] >= killed_after > 0, text[-3000:]
-    assert resumed[0] % every == 0 and resumed[0] < steps
+    # where the restarted workers resumed, from their final report (the "resumed from checkpoint"
+    # line reaches this process through Ray's log monitor, asynchronously: under load it was seen
+    # to arrive after the run had returned)
+    resumed = res.metrics["resumed_from_step"]
+    assert resumed >= killed_after > 0, res.metrics
+    assert resumed % every == 0 and resumed < steps
     ckpts = _checkpoints(ray_dir)
     assert len(ckpts) == 2       # keep_checkpoints (unregistered leftovers of the dead attempt removed)
     assert _step(ckpts[-1]) == steps and (ckpts[-1] / "model" / "config.json").is_file()

@@ -58,14 +58,17 @@ class Clock:
         return (max(p, el / self.budget) if self.budget > 0 else p), have_batch
 
 
-def _resume(ts: TrainState, session) -> None:
+def _resume(ts: TrainState, session) -> int:
+    """Load the session's newest checkpoint, if any; returns its step (-1: started fresh)."""
     with session.latest_checkpoint() as ckpt:
-        if ckpt is not None:
-            ts.progress = checkpoint.load(ckpt, ts)
-            if ts.rank == 0:
-                p = ts.progress
-                say(f"resumed from checkpoint at step {p.step} ({p.batches} batches per worker "
-                    f"consumed, {p.elapsed:.0f}s trained)")
+        if ckpt is None:
+            return -1
+        ts.progress = checkpoint.load(ckpt, ts)
+        if ts.rank == 0:
+            p = ts.progress
+            say(f"resumed from checkpoint at step {p.step} ({p.batches} batches per worker "
+                f"consumed, {p.elapsed:.0f}s trained)")
+        return ts.progress.step
 
 
 def _train(ts: TrainState, session, batches: Iterator[dict], val: list[dict]) -> tuple[dict, str]:
@@ -144,7 +147,7 @@ def train_loop(job: TrainJob, session) -> dict:
     """Per-worker training; returns the final metrics (rank 0: with the held-out evaluation)."""
     tc = job.cfg.train
     ts = build_state(job, session.device, session.rank, session.world)
-    _resume(ts, session)
+    resumed = _resume(ts, session)
     ts.model = session.prepare(ts.module)
     if tc.compile:
         ts.model = torch.compile(ts.model)
@@ -163,7 +166,7 @@ def train_loop(job: TrainJob, session) -> dict:
         pass
     metrics, reason = _train(ts, session, batches, val)
     final = dict(metrics, step=ts.progress.step, tokens_seen=ts.progress.tokens, stop_reason=reason,
-                 elapsed_s=ts.progress.elapsed,
+                 elapsed_s=ts.progress.elapsed, resumed_from_step=resumed,
                  **{f"{k}_initial": v for k, v in before.items()})
     if ts.rank == 0 and job.cfg.eval.every:
         final.update(_evaluate(ts, session, val))
