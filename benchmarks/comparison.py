@@ -98,6 +98,25 @@ def suite(model_dir: Path, tasks=("stsb", "sick", "sst2", "trec")) -> dict:
     return numeric(evaluate(model_dir, list(tasks), data_root=DATA, progress=None))
 
 
+def time_budget(seconds: float):
+    """A transformers ``TrainerCallback`` that stops training ``seconds`` after it began, and the
+    dict it fills: ``t0`` (perf_counter at the start) and ``steps`` (optimizer steps done)."""
+    from transformers import TrainerCallback
+
+    clock = {"t0": None, "steps": 0}
+
+    class Budget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            clock["t0"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            clock["steps"] = state.global_step
+            if time.perf_counter() - clock["t0"] >= seconds:
+                control.should_training_stop = True
+
+    return clock, Budget()
+
+
 def hf_mlm(files: list[Path], tokenizer_dir: Path, out: Path, seconds: float, batch: int = 32,
            lr: float = 5e-4, warmup: int = 100, seed: int = 0) -> tuple[Path, dict]:
     """The ``run_mlm.py`` recipe for ``seconds`` of training: ``datasets`` text → tokenize per line
@@ -108,7 +127,7 @@ def hf_mlm(files: list[Path], tokenizer_dir: Path, out: Path, seconds: float, ba
     import torch
     from datasets import load_dataset
     from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM,
-                              DataCollatorForLanguageModeling, Trainer, TrainerCallback,
+                              DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments)
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -128,16 +147,7 @@ def hf_mlm(files: list[Path], tokenizer_dir: Path, out: Path, seconds: float, ba
     model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=256, num_hidden_layers=4,
                                        num_attention_heads=4, intermediate_size=1024,
                                        max_position_embeddings=seq, pad_token_id=tok.pad_token_id))
-    clock = {"t0": None, "steps": 0}
-
-    class Budget(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            clock["t0"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            clock["steps"] = state.global_step
-            if time.perf_counter() - clock["t0"] >= seconds:
-                control.should_training_stop = True
+    clock, budget = time_budget(seconds)
 
     targs = TrainingArguments(
         output_dir=str(out / "trainer"), per_device_train_batch_size=batch, learning_rate=lr,
@@ -146,7 +156,7 @@ def hf_mlm(files: list[Path], tokenizer_dir: Path, out: Path, seconds: float, ba
         dataloader_num_workers=0, seed=seed, disable_tqdm=True)
     trainer = Trainer(model=model, args=targs, train_dataset=ds,
                       data_collator=DataCollatorForLanguageModeling(tok, mlm_probability=0.15),
-                      callbacks=[Budget()])
+                      callbacks=[budget])
     trainer.train()
     wall = time.perf_counter() - clock["t0"]
     model_dir = out / "hf_model"

@@ -62,28 +62,18 @@ def st_simcse(init: Path, sents: list[str], out: Path, seconds: float) -> Path:
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments)
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from transformers import TrainerCallback
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = SentenceTransformer(str(init), device="cpu")
     model.max_seq_length = 32
-    clock = {}
-
-    class Budget(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            clock["t0"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            clock["steps"] = state.global_step
-            if time.perf_counter() - clock["t0"] >= seconds:
-                control.should_training_stop = True
+    clock, budget = C.time_budget(seconds)
 
     ds = Dataset.from_dict({"anchor": sents, "positive": sents})
     args = SentenceTransformerTrainingArguments(output_dir=str(out / "st"), per_device_train_batch_size=128,
                                                 num_train_epochs=1, report_to=[], save_strategy="no",
                                                 logging_strategy="no", use_cpu=True, disable_tqdm=True)
     SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
-                               loss=MultipleNegativesRankingLoss(model), callbacks=[Budget()]).train()
+                               loss=MultipleNegativesRankingLoss(model), callbacks=[budget]).train()
     model.save(str(out / "st_model"))
     print(f"  ST: {clock.get('steps')} steps of 128 pairs in {time.perf_counter() - clock['t0']:.0f}s", flush=True)
     return out / "st_model"

@@ -21,6 +21,20 @@ class InputError(UserError):
     """Bad input the user can fix; the CLI prints it on one line and exits 2."""
 
 
+def checked_tracking(workdir: str | Path | None) -> tuple[Path, str]:
+    """(the resolved working directory, the MLflow tracking URI), the server checked reachable
+    before anything heavy starts: InputError (one line) when it is not."""
+    from pipelines import registry
+
+    workdir = Path(workdir or os.getcwd()).resolve()
+    uri = registry.tracking_uri(workdir)
+    try:
+        registry.check_tracking(uri)
+    except registry.TrackingError as e:
+        raise InputError(str(e)) from None
+    return workdir, uri
+
+
 def ensure_ray(cfg: Config) -> None:
     """Connect to ``RAY_ADDRESS`` if set, else start a local Ray (dashboard on 127.0.0.1)."""
     import ray

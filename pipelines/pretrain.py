@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import time
@@ -26,7 +25,8 @@ from pathlib import Path
 from ssl_core.config import Config
 from ssl_core.encoder import check_model_config
 from ssl_core.log import say
-from pipelines.prepare import InputError, check_enough_rows, corpus_shards, ensure_ray, tokenizer_for
+from pipelines.prepare import (InputError, check_enough_rows, checked_tracking, corpus_shards, ensure_ray,
+                              tokenizer_for)
 
 
 @dataclass
@@ -96,14 +96,7 @@ def prepare(cfg: Config, workdir: str | Path | None = None, resume: str | None =
     """Check everything the user can fix, before anything heavy starts (InputError / UserError:
     one line); locate or create the run; find or train the tokenizer. ``resume``: a run name or
     path, or "latest": its saved config is used (``cfg`` only locates output_dir)."""
-    from pipelines import registry
-
-    workdir = Path(workdir or os.getcwd()).resolve()
-    uri = registry.tracking_uri(workdir)
-    try:
-        registry.check_tracking(uri)
-    except registry.TrackingError as e:
-        raise InputError(str(e)) from None
+    workdir, uri = checked_tracking(workdir)
     prior: dict = {}
     if resume:
         out_root = find_run(cfg, workdir, resume)

@@ -231,15 +231,10 @@ def run_tune(cfg: Config, workdir: str | Path | None = None, resume: str | None 
 
     from pipelines import registry
     from pipelines.data import carried, report, tokenized_corpus
-    from pipelines.prepare import check_enough_rows, corpus_shards, ensure_ray, tokenizer_for
+    from pipelines.prepare import check_enough_rows, checked_tracking, corpus_shards, ensure_ray, tokenizer_for
     from ssl_core.encoder import check_model_config
 
-    workdir = Path(workdir or os.getcwd()).resolve()
-    uri = registry.tracking_uri(workdir)
-    try:
-        registry.check_tracking(uri)
-    except registry.TrackingError as e:
-        raise InputError(str(e)) from None
+    workdir, uri = checked_tracking(workdir)
     cfg, name, search_dir, prior = _setup_search(cfg, workdir, resume)
     space = search_space(cfg)
     shards = corpus_shards(cfg)
