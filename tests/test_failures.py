@@ -32,6 +32,18 @@ def _step(ckpt: Path) -> int:
     return json.loads((ckpt / "trainer_state.json").read_text())["step"]
 
 
+def _registered_step(root: Path) -> int | None:
+    """Step of the latest checkpoint in Ray Train's checkpoint manager snapshot, if any."""
+    for snap in root.glob("**/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
+        except (OSError, ValueError):      # being written
+            continue
+        if latest and (snap.parent / latest["checkpoint_dir_name"] / "trainer_state.json").is_file():
+            return _step(snap.parent / latest["checkpoint_dir_name"])
+    return None
+
+
 def _wait_for(pred, timeout: float, what: str, poll: float = 0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -50,7 +62,7 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(tmp_path, ray_session, sh
     from pipelines.pretrain import run_pretrain
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    steps, every = 120, 20
+    steps, every = 300, 20        # long enough that the kill lands mid-run under load
     cfg = load_config("tiny", [f"data.corpus={shakespeare}", f"train.max_steps={steps}",
                                f"train.checkpoint_every={every}", "train.keep_checkpoints=2",
                                "train.max_failures=2", "eval.tasks=",
@@ -66,11 +78,10 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(tmp_path, ray_session, sh
     t = threading.Thread(target=run, daemon=True)
     t.start()
     ray_dir = tmp_path / "outputs" / "killworker" / "ray"
-    # a checkpoint directory appears before Ray Train has registered it: wait for the second,
-    # then the first is certainly registered
-    seen = _wait_for(lambda: len(_checkpoints(ray_dir)) >= 2 and _checkpoints(ray_dir), 600,
-                     "two checkpoints")
-    killed_after = _step(seen[-2])
+    # a checkpoint counts once Ray Train's controller has registered it (it polls the workers every
+    # couple of seconds; under load a checkpoint on disk was seen unregistered when the kill came):
+    # wait until its snapshot names one, then kill
+    killed_after = _wait_for(lambda: _registered_step(ray_dir), 600, "a registered checkpoint")
     workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
                                                ("state", "=", "ALIVE")])]
     assert len(workers) == 2, workers
