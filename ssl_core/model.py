@@ -29,6 +29,18 @@ class PretrainModule(torch.nn.Module):
         self.objectives = torch.nn.ModuleDict(objectives)
         self.weights = dict(weights)
         self.pad_id = pad_id
+        self._freeze_unused_head()
+
+    def _freeze_unused_head(self) -> None:
+        """When no objective trains the Hugging Face model's own head (MLM off: a contrastive stage
+        on an MLM checkpoint), its parameters outside the encoder get no gradient and stay as they
+        are: DDP fails on trainable parameters that no loss reaches."""
+        if any(o.uses_hf_head for o in self.objectives.values()):
+            return
+        encoder = {id(p) for p in getattr(self.hf, "base_model", self.hf).parameters()}
+        for p in self.hf.parameters():
+            if id(p) not in encoder:
+                p.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg: Config, hf_model, pad_id: int, builder=None) -> "PretrainModule":

@@ -220,3 +220,68 @@ def test_two_workers_equal_one_worker_on_the_global_batch(ray_session, global_ba
         assert two[k] == pytest.approx(one[k], rel=1e-4), k
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)
     assert two["grad_proj"] == pytest.approx(one["grad_proj"], rel=1e-3, abs=1e-6)
+
+
+def _contrastive_only(config: dict) -> None:
+    """Three DDP steps with MLM off on a model that has an MLM head (a contrastive stage on an MLM
+    checkpoint); rank 0 writes which parameters moved."""
+    import ray.train
+    import ray.train.torch
+
+    from ssl_core.encoder import build_model, mlm_head
+    from ssl_core.model import PretrainModule
+
+    ctx = ray.train.get_context()
+    r, w = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = Config.from_dict(config["cfg"])
+    torch.manual_seed(0)
+    hf = build_model(cfg.model, config["vocab"], cfg.data.max_seq_len, 0)
+    module = PretrainModule.from_config(cfg, hf, 0)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    model = ray.train.torch.prepare_model(module)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    n = len(config["batch"]["view_a"]) // w
+    batch = {k: torch.as_tensor(v[r * n:(r + 1) * n]) for k, v in config["batch"].items()
+             if k.startswith("view_")}
+    losses = []
+    for _ in range(3):              # DDP's unused-parameter error comes at the second step
+        loss, _m = model(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+    head = {id(p) for p in mlm_head(hf).parameters()}
+    embeddings = {id(p) for p in hf.base_model.parameters()}
+    moved = {n: not torch.equal(p.detach(), before[n]) for n, p in module.named_parameters()}
+    res = {"losses": losses,
+           "head_only_moved": [n for n, p in module.named_parameters()
+                               if id(p) in head and id(p) not in embeddings and moved[n]],
+           "encoder_moved": sum(moved[n] for n, p in module.named_parameters() if id(p) in embeddings),
+           "encoder_params": len(embeddings)}
+    if r == 0:
+        import json
+        with open(config["out"], "w") as f:
+            json.dump(res, f)
+    ray.train.report({"loss": losses[-1]})
+
+
+@pytest.mark.integration
+def test_contrastive_stage_without_mlm_trains_under_ddp(ray_session, global_batch, tmp_path):
+    """MLM off on a masked-LM model: its head is left out of training (DDP would fail on trainable
+    parameters that no loss reaches), the encoder trains on two workers."""
+    from ray import cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cfg, vocab, batch = global_batch
+    cfg = replace(cfg, objectives=replace(cfg.objectives, mlm=False, nsp=False, contrastive=True))
+    path = tmp_path / "contrastive_only.json"
+    TorchTrainer(_contrastive_only, train_loop_config={"cfg": cfg.to_dict(), "vocab": vocab,
+                                                       "batch": batch, "out": str(path)},
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(name="contrastive_only", storage_path=str(tmp_path))).fit()
+    res = json.loads(path.read_text())
+    assert all(math.isfinite(x) for x in res["losses"]) and res["losses"][-1] < res["losses"][0]
+    assert res["head_only_moved"] == []
+    assert res["encoder_moved"] == res["encoder_params"] > 0

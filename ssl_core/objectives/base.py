@@ -50,6 +50,7 @@ class Objective(torch.nn.Module):
     """``forward(outputs, batch) -> (loss, sums)``; see the module docstring."""
     name = ""
     stream = "tokens"          # which encoder pass it reads: "tokens" (input_ids) or "views"
+    uses_hf_head = False       # trains the Hugging Face model's own head (the MLM head)
     columns: tuple[str, ...] = ()
     sum_keys: tuple[str, ...] = ("loss", "correct", "count")
 

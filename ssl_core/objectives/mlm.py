@@ -55,6 +55,7 @@ def mlm_metrics(hf, batches: list[dict], pad_id: int, batch_size: int = 64) -> d
 class MlmObjective(Objective):
     name = "mlm"
     stream = "tokens"
+    uses_hf_head = True
     columns = ("labels",)
 
     def __init__(self, head, masker=None, masking=None, pad_id: int = 0):
