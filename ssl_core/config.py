@@ -132,11 +132,15 @@ class ContrastiveConfig:
     batch_size: int = 64          # view pairs per worker per step (negatives: all pairs of all workers)
     max_tokens: int = 32          # a view's text unit: a sentence (short ones joined) of at most this many tokens
     min_tokens: int = 4           # shorter units are not used
+    start: float = 0.0            # share of training (steps or time budget) before contrastive joins: the other objectives alone until then
+    dropout: float = -1.0         # encoder dropout once contrastive has joined (SimCSE's view noise); < 0: model.dropout throughout
 
     def validate(self) -> None:
         from ssl_core.augment import parse_chain
         _check(self.temperature > 0, "contrastive.temperature must be > 0")
         _check(self.batch_size >= 2, "contrastive.batch_size must be >= 2 (in-batch negatives)")
+        _check(0.0 <= self.start < 1.0, "contrastive.start must be in [0, 1): the share of training before it joins")
+        _check(self.dropout < 1.0, "contrastive.dropout must be < 1 (negative: model.dropout throughout)")
         _check(1 <= self.min_tokens <= self.max_tokens,
                "contrastive.min_tokens must be in [1, contrastive.max_tokens]")
         _check(self.pooling in ("mean", "cls"), f"contrastive.pooling must be mean or cls, got {self.pooling!r}")
@@ -350,6 +354,9 @@ class Config:
                 v.validate()
         _check(not self.objectives.contrastive or self.contrastive.max_tokens + 2 <= self.data.max_seq_len,
                "contrastive.max_tokens + 2 must be <= data.max_seq_len (the encoder's positions)")
+        o = self.objectives
+        _check(not (o.contrastive and self.contrastive.start > 0) or o.mlm or o.nsp,
+               "contrastive.start > 0 needs another objective to train before it (objectives.mlm)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

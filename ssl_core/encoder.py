@@ -142,6 +142,17 @@ def encode(hf, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 **kw).last_hidden_state
 
 
+def hidden_dropouts(hf) -> list[torch.nn.Dropout]:
+    """The dropout modules on hidden states (what ``model.dropout`` sets), not those on attention
+    probabilities (``model.attention_dropout``: owned by a module with query/key projections)."""
+    out = []
+    for parent in hf.modules():
+        if any(hasattr(parent, k) for k in ("query", "q_lin", "q_proj")):
+            continue
+        out += [c for c in parent.children() if isinstance(c, torch.nn.Dropout)]
+    return out
+
+
 def mlm_logits_at(hf, ids: torch.Tensor, mask: torch.Tensor, sel: torch.Tensor,
                   token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Vocabulary logits (M, V) at the selected positions ``sel`` (B, T): the head runs only there."""

@@ -72,7 +72,7 @@ class PretrainModule(torch.nn.Module):
             x = batch["input_ids"]                                    # (B, T)
             out.mask = (x != self.pad_id).long()
             out.hidden = encode(self.hf, x, out.mask, batch.get("token_type_ids"))
-        if "views" in self.streams:
+        if "views" in self.streams and len(batch["view_a"]):          # empty: contrastive not started
             v = torch.cat([batch["view_a"], batch["view_b"]])         # (2B, T): one pass
             out.view_mask = (v != self.pad_id).long()
             out.view_hidden = encode(self.hf, v, out.view_mask)

@@ -285,3 +285,45 @@ def test_contrastive_stage_without_mlm_trains_under_ddp(ray_session, global_batc
     assert all(math.isfinite(x) for x in res["losses"]) and res["losses"][-1] < res["losses"][0]
     assert res["head_only_moved"] == []
     assert res["encoder_moved"] == res["encoder_params"] > 0
+
+
+def test_contrastive_joins_at_its_start(global_batch):
+    """``contrastive.start``: before that share of training the views are dropped (no pass over
+    them, no contrastive loss or metrics: the step is MLM's alone); after it both train, with the
+    encoder's hidden dropout at ``contrastive.dropout`` (SimCSE's noise), attention dropout kept."""
+    from ssl_core.config import ConfigError
+    from ssl_core.encoder import build_model
+    from ssl_core.model import PretrainModule
+
+    cfg, vocab, batch = global_batch
+    cfg = replace(cfg, objectives=replace(cfg.objectives, nsp=False),
+                  contrastive=replace(cfg.contrastive, start=0.5, dropout=0.1),
+                  model=replace(cfg.model, dropout=0.0, attention_dropout=0.0))
+
+    def module(c):
+        torch.manual_seed(0)
+        return PretrainModule.from_config(c, build_model(c.model, vocab, c.data.max_seq_len, 0), 0)
+
+    both = module(cfg)
+    mlm_only = module(replace(cfg, objectives=replace(cfg.objectives, contrastive=False)))
+    con = both.objectives["contrastive"]
+    early = {k: v.copy() for k, v in batch.items()}
+    assert con.prepare(early, 0.2) == {} and len(early["view_a"]) == len(early["view_b"]) == 0
+    assert both.stream_tokens(early) == pytest.approx(mlm_only.stream_tokens(early))
+    tensors = {k: torch.as_tensor(v) for k, v in early.items()}
+    loss, sums = both(tensors)
+    ref, _ = mlm_only(tensors)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
+    assert con.summarize({k: float(v) for k, v in sums.items()}) == {}
+    drops = [m for m in both.hf.modules() if isinstance(m, torch.nn.Dropout)]
+    assert {m.p for m in drops} == {0.0}
+    late = {k: v.copy() for k, v in batch.items()}
+    con.prepare(late, 0.5)
+    assert sorted(m.p for m in drops) == [0.0] * 2 + [0.1] * (len(drops) - 2)   # 2 attention layers
+    assert len(late["view_a"]) == len(batch["view_a"]) > 0
+    loss, sums = both({k: torch.as_tensor(v) for k, v in late.items()})
+    assert float(sums["contrastive_count"]) == len(batch["view_a"]) and float(loss.detach()) > float(ref.detach())
+    with pytest.raises(ConfigError, match="contrastive.start"):
+        replace(cfg, objectives=replace(cfg.objectives, mlm=False)).validate()
+    with pytest.raises(ConfigError, match="contrastive.start"):
+        replace(cfg, contrastive=replace(cfg.contrastive, start=1.0)).validate()

@@ -77,7 +77,11 @@ class Objective(torch.nn.Module):
         return [f"{self.name}_{k}" for k in self.sum_keys]
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        c = max(1.0, sums[f"{self.name}_count"])
+        """Window metrics; none when nothing was scored in the window (e.g. contrastive before
+        its ``start``)."""
+        if not sums.get(f"{self.name}_count"):
+            return {}
+        c = sums[f"{self.name}_count"]
         return {f"{self.name}_loss": sums[f"{self.name}_loss"] / c,
                 f"{self.name}_accuracy": sums[f"{self.name}_correct"] / c}
 

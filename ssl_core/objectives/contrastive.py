@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssl_core.encoder import pool
+from ssl_core.encoder import hidden_dropouts, pool
 from ssl_core.objectives.base import (EncoderOutputs, Objective, gather_with_grad, global_count,
                                       local_count, scaled_mean)
 
@@ -50,22 +50,42 @@ class ContrastiveObjective(Objective):
     sum_keys = ("loss", "correct", "count", "pos_sim", "neg_sim", "alignment", "uniformity")
 
     def __init__(self, hidden_size: int, temperature: float = 0.05, pooling: str = "mean",
-                 projection: bool = False):
+                 projection: bool = False, start: float = 0.0, dropout: float = -1.0,
+                 dropouts: list | None = None):
         super().__init__()
-        self.temperature, self.pooling = temperature, pooling
+        self.temperature, self.pooling, self.start = temperature, pooling, start
+        # the encoder's dropout modules (not registered: they belong to the Hugging Face model),
+        # set to ``dropout`` once contrastive has joined
+        self.dropout, self.__dict__["dropouts"] = dropout, list(dropouts or [])
         self.proj = torch.nn.Sequential(torch.nn.Linear(hidden_size, hidden_size),
                                         torch.nn.Tanh()) if projection else None
 
     @classmethod
     def from_config(cls, cfg, hf_model, builder=None):
         c = cfg.contrastive
-        return cls(hf_model.config.hidden_size, c.temperature, c.pooling, c.projection)
+        return cls(hf_model.config.hidden_size, c.temperature, c.pooling, c.projection, c.start,
+                   c.dropout, hidden_dropouts(hf_model))
+
+    def prepare(self, batch: dict, progress: float) -> dict[str, float]:
+        """Before ``start`` (a share of training) the views are dropped from the batch: no
+        encoder pass over them, no loss (ranks agree on ``progress``, so they drop together).
+        From then on the encoder's dropout is ``dropout`` when that is set (>= 0)."""
+        if progress < self.start:
+            batch["view_a"], batch["view_b"] = batch["view_a"][:0], batch["view_b"][:0]
+            return {}
+        if self.dropout >= 0:                    # a function of progress: the same after a resume
+            for m in self.dropouts:
+                m.p = self.dropout
+        return {}
 
     def embed(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         e = pool(hidden, mask, self.pooling)
         return self.proj(e) if (self.proj is not None and self.training) else e
 
     def forward(self, out: EncoderOutputs, batch: dict):
+        if out.view_hidden is None:                                     # not started (prepare)
+            zero = sum((p.sum() * 0.0 for p in self.parameters()), out.hidden.new_zeros(()))
+            return zero, {f"contrastive_{k}": out.hidden.new_zeros(()) for k in self.sum_keys}
         e = self.embed(out.view_hidden, out.view_mask)                  # (2B, H)
         a, b = e.chunk(2)                                               # views a, views b
         keys, offset = gather_with_grad(b, self)                        # (N, H) global batch
@@ -86,7 +106,9 @@ class ContrastiveObjective(Objective):
         return float(len(batch["view_a"]))
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        c = max(1.0, sums["contrastive_count"])
+        if not sums.get("contrastive_count"):
+            return {}
+        c = sums["contrastive_count"]
         return dict(super().summarize(sums), contrastive_alignment=sums["contrastive_alignment"] / c,
                     contrastive_uniformity=sums["contrastive_uniformity"] / c,
                     contrastive_sim_gap=(sums["contrastive_pos_sim"] - sums["contrastive_neg_sim"]) / c)
