@@ -136,25 +136,35 @@ def test_pooling_modes():
 
 
 # ---------------------------------------------------------------- distributed equivalence
+def _module(cfg: Config, vocab: int):
+    """The training module of ``cfg`` (pad id 0), initialised from seed 0: the same on every rank."""
+    from ssl_core.encoder import build_model
+    from ssl_core.model import PretrainModule
+
+    torch.manual_seed(0)
+    return PretrainModule.from_config(cfg, build_model(cfg.model, vocab, cfg.data.max_seq_len, 0), 0)
+
+
+def _rank_slice(config: dict, key: str, columns=None) -> dict:
+    """This Ray Train worker's rows of the global batch in ``config`` (sliced by ``key``'s length)."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    r, w = ctx.get_world_rank(), ctx.get_world_size()
+    n = len(config["batch"][key]) // w
+    return {k: torch.as_tensor(v[r * n:(r + 1) * n]) for k, v in config["batch"].items()
+            if columns is None or k in columns}
+
+
 def _probe(config: dict) -> None:
     """One forward/backward of the global batch's slice on each rank; reports global losses and a
     fingerprint of the DDP-averaged gradient."""
     import ray.train
     import ray.train.torch
 
-    from ssl_core.encoder import build_model
-    from ssl_core.model import PretrainModule
-
-    ctx = ray.train.get_context()
-    r, w = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = Config.from_dict(config["cfg"])
-    torch.manual_seed(0)
-    hf = build_model(cfg.model, config["vocab"], cfg.data.max_seq_len, 0)
-    module = PretrainModule.from_config(cfg, hf, 0)
+    module = _module(Config.from_dict(config["cfg"]), config["vocab"])
     model = ray.train.torch.prepare_model(module)
-    n = len(config["batch"]["input_ids"]) // w
-    batch = {k: torch.as_tensor(v[r * n:(r + 1) * n]) for k, v in config["batch"].items()}
-    loss, m = model(batch)
+    loss, m = model(_rank_slice(config, "input_ids"))
     loss.backward()
     sums = torch.tensor([float(m[k]) for k in ("mlm_loss", "mlm_count", "nsp_loss", "nsp_count",
                                                 "contrastive_loss", "contrastive_count")],
@@ -165,7 +175,7 @@ def _probe(config: dict) -> None:
     res = {"mlm": float(sums[0] / sums[1]), "nsp": float(sums[2] / sums[3]),
            "con": float(sums[4] / sums[5]), "grad_norm": float(grads.norm()),
            "grad_proj": float(grads @ proj)}
-    if r == 0:      # Train V2 keeps metrics only with checkpoints: the result goes to a file
+    if ray.train.get_context().get_world_rank() == 0:   # Train V2 keeps metrics only with checkpoints: to a file
         import json
         with open(config["out"], "w") as f:
             json.dump(res, f)
@@ -228,21 +238,14 @@ def _contrastive_only(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from ssl_core.encoder import build_model, mlm_head
-    from ssl_core.model import PretrainModule
+    from ssl_core.encoder import mlm_head
 
-    ctx = ray.train.get_context()
-    r, w = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = Config.from_dict(config["cfg"])
-    torch.manual_seed(0)
-    hf = build_model(cfg.model, config["vocab"], cfg.data.max_seq_len, 0)
-    module = PretrainModule.from_config(cfg, hf, 0)
+    module = _module(Config.from_dict(config["cfg"]), config["vocab"])
+    hf = module.hf
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     model = ray.train.torch.prepare_model(module)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
-    n = len(config["batch"]["view_a"]) // w
-    batch = {k: torch.as_tensor(v[r * n:(r + 1) * n]) for k, v in config["batch"].items()
-             if k.startswith("view_")}
+    batch = _rank_slice(config, "view_a", ("view_a", "view_b"))
     losses = []
     for _ in range(3):              # DDP's unused-parameter error comes at the second step
         loss, _m = model(batch)
@@ -258,8 +261,7 @@ def _contrastive_only(config: dict) -> None:
                                if id(p) in head and id(p) not in embeddings and moved[n]],
            "encoder_moved": sum(moved[n] for n, p in module.named_parameters() if id(p) in embeddings),
            "encoder_params": len(embeddings)}
-    if r == 0:
-        import json
+    if ray.train.get_context().get_world_rank() == 0:
         with open(config["out"], "w") as f:
             json.dump(res, f)
     ray.train.report({"loss": losses[-1]})
@@ -292,20 +294,13 @@ def test_contrastive_joins_at_its_start(global_batch):
     them, no contrastive loss or metrics: the step is MLM's alone); after it both train, with the
     encoder's hidden dropout at ``contrastive.dropout`` (SimCSE's noise), attention dropout kept."""
     from ssl_core.config import ConfigError
-    from ssl_core.encoder import build_model
-    from ssl_core.model import PretrainModule
 
     cfg, vocab, batch = global_batch
     cfg = replace(cfg, objectives=replace(cfg.objectives, nsp=False),
                   contrastive=replace(cfg.contrastive, start=0.5, dropout=0.1),
                   model=replace(cfg.model, dropout=0.0, attention_dropout=0.0))
-
-    def module(c):
-        torch.manual_seed(0)
-        return PretrainModule.from_config(c, build_model(c.model, vocab, c.data.max_seq_len, 0), 0)
-
-    both = module(cfg)
-    mlm_only = module(replace(cfg, objectives=replace(cfg.objectives, contrastive=False)))
+    both = _module(cfg, vocab)
+    mlm_only = _module(replace(cfg, objectives=replace(cfg.objectives, contrastive=False)), vocab)
     con = both.objectives["contrastive"]
     early = {k: v.copy() for k, v in batch.items()}
     assert con.prepare(early, 0.2) == {} and len(early["view_a"]) == len(early["view_b"]) == 0

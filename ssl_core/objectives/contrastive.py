@@ -106,9 +106,10 @@ class ContrastiveObjective(Objective):
         return float(len(batch["view_a"]))
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        if not sums.get("contrastive_count"):
+        base = super().summarize(sums)
+        if not base:                          # nothing scored in the window
             return {}
         c = sums["contrastive_count"]
-        return dict(super().summarize(sums), contrastive_alignment=sums["contrastive_alignment"] / c,
+        return dict(base, contrastive_alignment=sums["contrastive_alignment"] / c,
                     contrastive_uniformity=sums["contrastive_uniformity"] / c,
                     contrastive_sim_gap=(sums["contrastive_pos_sim"] - sums["contrastive_neg_sim"]) / c)
