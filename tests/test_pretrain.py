@@ -37,33 +37,39 @@ def training_sentences(model_dir: Path, word: str, n: int) -> list[str]:
     return out
 
 
-def fills_the(model, tok, sentences: list[str], k: int = 10) -> int:
-    """How many of ``sentences`` get their first " the " back in the model's top ``k``."""
-    hits = 0
+def masked_word_nll(model, tok, sentences: list[str], word: str = "the") -> float:
+    """Mean negative log-likelihood the MLM head gives ``word`` where its first occurrence in
+    each sentence is replaced by the mask token (nats; uniform over the vocabulary = ln |V|)."""
+    nll = []
     for s in sentences:
-        enc = tok(s.replace(" the ", f" {tok.mask_token} ", 1), return_tensors="pt")
+        enc = tok(s.replace(f" {word} ", f" {tok.mask_token} ", 1), return_tensors="pt")
         with torch.no_grad():
             logits = model(**enc).logits                                       # (1, T, V)
         assert logits.shape[-1] == len(tok)
         pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0]
-        hits += "the" in [tok.decode([t]).strip() for t in logits[0, pos].topk(k).indices.tolist()]
-    return hits
+        nll.append(-torch.log_softmax(logits[0, pos].float(), -1)[tok.convert_tokens_to_ids(word)])
+    return float(torch.stack(nll).mean())
 
 
 def check_hf_dir(model_dir: Path):
-    """Plain transformers loads the directory, and the trained MLM head fills a masked word of
-    training sentences: "the" (the corpus's most frequent word) in the top 10 for most of ten
-    sentences, where the same architecture untrained does not."""
+    """Plain transformers loads the directory, and the trained MLM head predicts a masked word of
+    training sentences: "the" (the corpus's most frequent word) costs at least 1.5 nats less than
+    under the same architecture untrained (~ln |V|), i.e. it is >4x likelier than chance.
+
+    Not a top-k test: after 30 steps the head ranks "the" 5th-10th of 2,000 (measured on four
+    runs here, and past 10th once in CI), so a cut at the top 10 flips on noise; its loss sits at
+    5.1-5.2 nats on the same runs against 7.56 untrained, and a head lost in export gives ~7.6."""
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
     assert (model_dir / "model.safetensors").is_file()
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
     sentences = training_sentences(model_dir, "the", 10)
     assert len(sentences) == 10
-    assert fills_the(model, tok, sentences) >= 7
     torch.manual_seed(0)
     untrained = AutoModelForMaskedLM.from_config(model.config).eval()
-    assert fills_the(untrained, tok, sentences) <= 2
+    trained_nll, untrained_nll = masked_word_nll(model, tok, sentences), masked_word_nll(untrained, tok, sentences)
+    assert untrained_nll > 0.9 * np.log(len(tok))                   # the control is near uniform
+    assert trained_nll < untrained_nll - 1.5, (trained_nll, untrained_nll)
 
 
 def check_registry(client: MlflowClient, name: str, version: str, run_id: str):
