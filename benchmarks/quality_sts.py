@@ -12,13 +12,17 @@ SimCSE, and our from-scratch recipe, on the comparison corpus (``comparison.py``
     Both get the same sentences (the corpus split into sentences of 4–32 tokens).
 (b) From scratch, ``--scratch-minutes`` (15) in all: ``sslpipe pretrain --config sts``.
 
-Judged by STS-B dev and SICK dev Spearman (``ssl_core.evaluation``, the same code for every model).
+Judged by STS-B dev and SICK dev Spearman (``ssl_core.evaluation``, the same code for every model),
+each model twice: ``raw`` (the pooled embedding; a whitening map the run exported is left out) and
+``white`` (a whitening map fitted the same way for every model: ``ssl_core.whitening`` on 10,000
+sentences of the corpus, seed 0; what ``embedding.whiten`` exports).
 
     python benchmarks/quality_sts.py [--minutes 5] [--init-minutes 10] [--scratch-minutes 15]
                                      [--init DIR] [--skip-scratch] [--skip-continue]
 
-Ends with ``RATIO quality_sts <ours ÷ sentence-transformers, STS-B dev>`` and
-``RATIO sts_from_scratch <STS-B dev x 100 of the sts recipe>``.
+Ends with ``RATIO quality_sts <ours ÷ sentence-transformers, STS-B dev, raw>``,
+``RATIO quality_sts_whitened <the same, both whitened>`` and
+``RATIO sts_from_scratch <STS-B dev x 100 of the sts recipe as it exports (whitened)>``.
 """
 from __future__ import annotations
 
@@ -79,6 +83,30 @@ def st_simcse(init: Path, sents: list[str], out: Path, seconds: float) -> Path:
     return out / "st_model"
 
 
+def raw_and_white(model_dir: Path, corpus: str, out: Path) -> dict:
+    """STS-B/SICK dev of ``model_dir`` without any Dense module (raw) and with a whitening map
+    fitted on the corpus (white); keys ``stsb_spearman``, ``white_stsb_spearman``, ..."""
+    import json
+    import shutil
+
+    from ssl_core.config import DataConfig
+    from ssl_core.export import DENSE_DIR
+    from ssl_core.whitening import whiten_model_dir
+
+    res = {}
+    for kind in ("raw", "white"):
+        d = out / kind
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(model_dir, d, ignore=shutil.ignore_patterns(DENSE_DIR))
+        mods = json.loads((d / "modules.json").read_text())
+        (d / "modules.json").write_text(json.dumps([m for m in mods if not m["type"].endswith("Dense")]))
+        if kind == "white":
+            whiten_model_dir(d, DataConfig(corpus=corpus), 10000, seed=0)
+        r = C.suite(d, ("stsb", "sick"))
+        res.update(r if kind == "raw" else {f"white_{k}": v for k, v in r.items()})
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=5.0, help="(a): contrastive minutes of each side")
@@ -103,26 +131,35 @@ def main() -> None:
                  "--set", f"train.max_minutes={args.init_minutes}", "--set", "eval.tasks=",
                  "--set", "model.dropout=0.1",          # saved in its config: both sides' SimCSE dropout
                  "--set", "mlflow.run_name=init"], tmp, tmp / "init.log")[0]
-            results["init"] = C.suite(init, ("stsb", "sick"))
+            results["init"] = raw_and_white(init, corpus, tmp / "eval_init")
             ours, m = C.run_sslpipe(
                 ["pretrain", "--config", "sts-continue", "--set", f"data.corpus={corpus}",
                  "--set", f"model.init_from={init}", "--set", f"train.max_minutes={args.minutes}",
                  "--set", "eval.tasks=", "--set", "mlflow.run_name=ours", *extra], tmp, tmp / "ours.log")
-            results["ours"] = C.suite(ours, ("stsb", "sick"))
+            results["ours"] = raw_and_white(ours, corpus, tmp / "eval_ours")
             st = st_simcse(init, sentences(files, tok), tmp, args.minutes * 60)
-            results["st"] = C.suite(st, ("stsb", "sick"))
+            results["st"] = raw_and_white(st, corpus, tmp / "eval_st")
         if not args.skip_scratch:
             scratch, m = C.run_sslpipe(
                 ["pretrain", "--config", "sts", "--set", f"data.corpus={corpus}", "--set", f"tokenizer.path={tok}",
                  "--set", f"train.max_minutes={args.scratch_minutes}", "--set", "eval.tasks=",
                  "--set", "mlflow.run_name=scratch", *extra], tmp, tmp / "scratch.log")
-            results["scratch"] = C.suite(scratch, ("stsb", "sick"))
+            results["scratch"] = raw_and_white(scratch, corpus, tmp / "eval_scratch")
+            exported = C.suite(scratch, ("stsb", "sick"))         # as the recipe exports it
+            results["scratch"].update({f"exported_{k}": v for k, v in exported.items()})
     for name, r in results.items():
-        print(f"{name:8s} STS-B dev {r['stsb_spearman']:.4f}  SICK dev {r['sick_spearman']:.4f}")
-    if "st" in results:
-        print(f"RATIO quality_sts {results['ours']['stsb_spearman'] / results['st']['stsb_spearman']:.3f}")
+        print(f"{name:8s} raw STS-B dev {r['stsb_spearman']:.4f}  SICK dev {r['sick_spearman']:.4f} | "
+              f"white STS-B dev {r['white_stsb_spearman']:.4f}  SICK dev {r['white_sick_spearman']:.4f}")
     if "scratch" in results:
-        print(f"RATIO sts_from_scratch {100 * results['scratch']['stsb_spearman']:.1f}")
+        r = results["scratch"]
+        print(f"scratch  as exported by the sts recipe: STS-B dev {r['exported_stsb_spearman']:.4f}  "
+              f"SICK dev {r['exported_sick_spearman']:.4f}")
+    if "st" in results:
+        o, s = results["ours"], results["st"]
+        print(f"RATIO quality_sts {o['stsb_spearman'] / s['stsb_spearman']:.3f}")
+        print(f"RATIO quality_sts_whitened {o['white_stsb_spearman'] / s['white_stsb_spearman']:.3f}")
+    if "scratch" in results:
+        print(f"RATIO sts_from_scratch {100 * results['scratch']['exported_stsb_spearman']:.1f}")
 
 
 if __name__ == "__main__":

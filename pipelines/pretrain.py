@@ -172,6 +172,21 @@ def train(run: PreparedRun, mlflow_run_id: str | None):
     return result, counts
 
 
+def whiten(cfg: Config, model_dir: Path) -> dict:
+    """``embedding.whiten``: the exported model's sentence embedding gets a whitening map fitted on
+    training-corpus sentences (``ssl_core.whitening``); returns the metric to log."""
+    if not cfg.embedding.whiten:
+        return {}
+    from ssl_core.export import DENSE_DIR
+    from ssl_core.whitening import whiten_model_dir
+
+    t0 = time.perf_counter()
+    n = whiten_model_dir(model_dir, cfg.data, cfg.embedding.whiten_sentences, cfg.train.seed)
+    say(f"embedding: whitening map fitted on {n:,} training-corpus sentences in "
+        f"{time.perf_counter() - t0:.1f}s -> {model_dir / DENSE_DIR}")
+    return {"whiten_sentences": n}
+
+
 def evaluate_model(cfg: Config, model_dir: Path) -> tuple[dict, str]:
     """The evaluation suite of ``eval.tasks`` on the exported model: (metrics, printed table)."""
     tasks = [t.strip() for t in cfg.eval.tasks.split(",") if t.strip()]
@@ -205,6 +220,7 @@ def publish(run: PreparedRun, result, counts: dict, run_id: str) -> tuple[str, P
         shutil.rmtree(model_dir)
     with result.checkpoint.as_directory() as d:
         shutil.copytree(Path(d) / "model", model_dir)
+    metrics.update(whiten(cfg, model_dir))
     scores, table = evaluate_model(cfg, model_dir)
     if scores:
         print(table, flush=True)

@@ -9,7 +9,8 @@
 * ``fill-mask`` (default): for each text, the ``top_k`` tokens for its first mask token, with
   scores (softmax probabilities): ``[{"token": .., "token_str": .., "score": ..}, ...]``.
 * ``embed``: for each text, the sentence embedding pooled as the model was trained (the directory's
-  sentence-transformers Pooling config), L2-normalised.
+  sentence-transformers Pooling config, then its Dense module when the run fitted a whitening map),
+  L2-normalised.
 
 This file is logged as the model's code ("models from code"): the served model needs mlflow,
 torch and transformers, not sslpipe, and no Python object is pickled; the weights are the exported
@@ -46,8 +47,23 @@ class EncoderModel(PythonModel):
         self.mlm = AutoModelForMaskedLM.from_pretrained(d).eval()
         pooling = d / "1_Pooling" / "config.json"
         self.pooling = json.loads(pooling.read_text()).get("pooling_mode", "mean") if pooling.is_file() else "mean"
+        self.dense = self._dense(d)
         st = d / "sentence_bert_config.json"
         self.max_len = json.loads(st.read_text()).get("max_seq_length", 128) if st.is_file() else 128
+
+    @staticmethod
+    def _dense(d: Path) -> list:
+        """(weight, bias) of each sentence-transformers Dense module after pooling (the whitening
+        map of ``embedding.whiten``; identity activation, as sslpipe exports it)."""
+        from safetensors.torch import load_file
+
+        mods = d / "modules.json"
+        out = []
+        for m in json.loads(mods.read_text()) if mods.is_file() else []:
+            if str(m.get("type", "")).endswith("Dense"):
+                t = load_file(str(d / m.get("path", "") / "model.safetensors"))
+                out.append((t["linear.weight"].float(), t["linear.bias"].float()))
+        return out
 
     def predict(self, context, model_input, params=None):
         params = params or {}
@@ -78,7 +94,10 @@ class EncoderModel(PythonModel):
             h = self.mlm.base_model(**enc).last_hidden_state                  # (B, T, H)
         mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
         e = h[:, 0] if self.pooling == "cls" else (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        e = self.torch.nn.functional.normalize(e.float(), dim=-1)
+        e = e.float()
+        for w, b in self.dense:
+            e = e @ w.T + b
+        e = self.torch.nn.functional.normalize(e, dim=-1)
         return e.tolist()
 
 

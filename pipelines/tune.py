@@ -306,6 +306,7 @@ def _summarize(cfg: Config, grid, space: dict, setup: SearchSetup, search_dir: P
     import mlflow
 
     from pipelines import plots, registry
+    from pipelines.pretrain import whiten
 
     rows = []
     for res in grid:
@@ -353,6 +354,7 @@ def _summarize(cfg: Config, grid, space: dict, setup: SearchSetup, search_dir: P
         mlflow.log_artifact(str(best_yaml))
         mlflow.log_metric("best_score", best["score"])
         model_dir = trial_model(search_dir, best["name"])
+        whiten(best_cfg, model_dir)           # trials were compared on the raw pooled embedding
         child = _child_run(setup, best["name"], best_cfg, {k: best[k] for k in space})
         with mlflow.start_run(run_id=child, nested=True):
             model_uri, decision = registry.retrying(

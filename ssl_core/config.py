@@ -152,6 +152,16 @@ class ContrastiveConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddingConfig:
+    # the sentence embedding of the exported model (SentenceTransformer(dir), `embed` when served)
+    whiten: bool = False          # after training, fit a whitening map of the pooled embedding on corpus sentences (exported as a Dense module)
+    whiten_sentences: int = 10000  # training-corpus sentences it is fitted on (>= 2x hidden_size)
+
+    def validate(self) -> None:
+        _check(self.whiten_sentences >= 2, "embedding.whiten_sentences must be >= 2")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "bert"            # bert | roberta | any transformers model type with a masked-LM head
     init_from: str = ""           # HF model directory to continue pretraining from (sizes below ignored)
@@ -340,6 +350,7 @@ class Config:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     nsp: NspConfig = field(default_factory=NspConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -357,6 +368,10 @@ class Config:
         o = self.objectives
         _check(not (o.contrastive and self.contrastive.start > 0) or o.mlm or o.nsp,
                "contrastive.start > 0 needs another objective to train before it (objectives.mlm)")
+        _check(not self.embedding.whiten or self.embedding.whiten_sentences >= 2 * self.model.hidden_size
+               or bool(self.model.init_from),
+               f"embedding.whiten_sentences must be >= 2 x model.hidden_size ({2 * self.model.hidden_size}) "
+               "for a usable covariance")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -166,6 +166,7 @@ class LoadedModel:
         self.encoder = (self.mlm.base_model if self.mlm is not None
                         else AutoModel.from_pretrained(d)).eval()
         self.pooling = self._pooling()
+        self.dense = self._dense()
         self.max_len = self._max_len()
 
     def _pooling(self) -> str:
@@ -186,6 +187,25 @@ class LoadedModel:
                 return mode
         return "mean"
 
+    def _dense(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(weight, bias) of each sentence-transformers Dense module after pooling (the whitening
+        map of ``embedding.whiten``); only identity activations, as sslpipe writes them."""
+        from ssl_core.export import IDENTITY
+
+        mods = self.dir / "modules.json"
+        out = []
+        for m in json.loads(mods.read_text(encoding="utf-8")) if mods.is_file() else []:
+            if not str(m.get("type", "")).endswith("Dense"):
+                continue
+            d = self.dir / m.get("path", "")
+            act = json.loads((d / "config.json").read_text(encoding="utf-8")).get("activation_function")
+            if act != IDENTITY:
+                raise EvaluationError(f"Dense module {d} has activation {act!r}; only {IDENTITY} is supported")
+            from safetensors.numpy import load_file
+            t = load_file(str(d / "model.safetensors"))
+            out.append((t["linear.weight"].astype(np.float32), t["linear.bias"].astype(np.float32)))
+        return out
+
     def _max_len(self) -> int:
         from ssl_core.encoder import usable_positions
 
@@ -195,8 +215,9 @@ class LoadedModel:
         pos = usable_positions(self.config)
         return int(min(n, pos or n, 512))
 
-    def encode(self, sentences: list[str], batch_size: int = 64) -> np.ndarray:
-        """Pooled embeddings (N, H), float32; batches sorted by length (less padding on CPU)."""
+    def encode(self, sentences: list[str], batch_size: int = 64, dense: bool = True) -> np.ndarray:
+        """Sentence embeddings (N, H), float32: pooled, then through the directory's Dense modules
+        unless ``dense`` is False; batches sorted by length (less padding on CPU)."""
         import torch
 
         from ssl_core.encoder import pool
@@ -210,6 +231,8 @@ class LoadedModel:
             with torch.no_grad():
                 h = self.encoder(**enc).last_hidden_state             # (B, T, H)
             out[idx] = pool(h, enc["attention_mask"], self.pooling).float().numpy()
+        for w, b in self.dense if dense else []:
+            out = out @ w.T + b
         return out
 
 

@@ -11,6 +11,7 @@ The directory holds
 * the sentence-transformers (v6) module files ``modules.json``, ``sentence_bert_config.json``,
   ``1_Pooling/config.json`` and ``config_sentence_transformers.json``: ``SentenceTransformer(dir)``
   loads it with no code of ours and pools as trained (``mean`` over real tokens, or ``cls``);
+  when the run fitted a whitening map (``embedding.whiten``), ``2_Dense/`` applies it after pooling;
 * optionally ``sslpipe_heads.safetensors`` (heads that are not part of the HF model, e.g. the NSP
   head; Hugging Face ignores the file) and ``sslpipe_config.json`` (the training config).
 
@@ -35,7 +36,9 @@ ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transf
             "1_Pooling/config.json")
 # What a plain transformers save (e.g. MLflow's fill-mask model) does not carry: the files that make
 # the directory a sentence-transformers model and the sslpipe extras (paths relative to the dir).
-SIDE_FILES = ST_FILES + (HEADS_FILE, CONFIG_FILE)
+DENSE_DIR = "2_Dense"          # the whitening map (``ssl_core.whitening``), when the run fits one
+DENSE_FILES = (f"{DENSE_DIR}/config.json", f"{DENSE_DIR}/model.safetensors")
+SIDE_FILES = ST_FILES + DENSE_FILES + (HEADS_FILE, CONFIG_FILE)
 
 # Files of a tokenizer directory worth copying (a full model directory, e.g. a sentence-transformers
 # one, may be given as the tokenizer directory: its weights and module files are not copied).
@@ -44,6 +47,8 @@ SIDE_FILES = ST_FILES + (HEADS_FILE, CONFIG_FILE)
 # through a deprecation shim).
 _ST_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
 _ST_POOLING = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+_ST_DENSE = "sentence_transformers.base.modules.dense.Dense"
+IDENTITY = "torch.nn.modules.linear.Identity"
 
 
 def _write_json(path: Path, obj) -> None:
@@ -110,6 +115,28 @@ def write_sentence_transformers_files(out: Path, hidden_size: int, pooling: str,
     })
 
 
+def add_dense_module(out: str | Path, weight, bias) -> None:
+    """Append a linear map of the pooled embedding (``x @ weight.T + bias``, no activation) to the
+    sentence-transformers modules of ``out``, as ST's own ``Dense`` saves it; replaces an earlier one."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    w = torch.as_tensor(np.asarray(weight, dtype=np.float32))
+    b = torch.as_tensor(np.asarray(bias, dtype=np.float32))
+    mods = [m for m in json.loads((out / "modules.json").read_text(encoding="utf-8"))
+            if m.get("path") != DENSE_DIR]
+    mods.append({"idx": len(mods), "name": str(len(mods)), "path": DENSE_DIR, "type": _ST_DENSE})
+    _write_json(out / "modules.json", mods)
+    _write_json(out / DENSE_DIR / "config.json", {
+        "in_features": int(w.shape[1]), "out_features": int(w.shape[0]), "bias": True,
+        "activation_function": IDENTITY,
+        "module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"})
+    save_file({"linear.weight": w.contiguous(), "linear.bias": b.contiguous()},
+              str(out / DENSE_DIR / "model.safetensors"))
+
+
 def _encoder_kwargs(model) -> dict:
     """``add_pooling_layer=False`` when the bare encoder class takes it (BERT, RoBERTa, ...): the MLM
     checkpoint has no pooler, and pooling is done by the Pooling module, so none is built."""
@@ -143,6 +170,8 @@ def export_model(hf_model, tokenizer_dir: str | Path, out_dir: str | Path, *, po
     copy_tokenizer(tokenizer_dir, out, length)
     write_sentence_transformers_files(out, model.config.hidden_size, pooling, length,
                                       _encoder_kwargs(model))
+    if (out / DENSE_DIR).exists():
+        shutil.rmtree(out / DENSE_DIR)                      # the map of an earlier export's encoder
     heads = out / HEADS_FILE
     if extra_heads:
         import torch

@@ -37,6 +37,8 @@ def test_overrides_are_typed():
     (["train.resources_per_worker=GPU:1"], "train.use_gpu"),
     (["data.resources=sslpipe_data:-1"], "data.resources"),
     (["train.placement=RANDOM"], "train.placement"),
+    (["embedding.whiten=true", "embedding.whiten_sentences=100"], "2 x model.hidden_size (128)"),
+    (["embedding.whiten_sentences=1"], "embedding.whiten_sentences"),
 ])
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):

@@ -201,3 +201,51 @@ def test_sts_b_dev_ships_with_the_package(tiny_dir, tmp_path):
     res = json.loads(r.stdout)
     assert -1 <= res["stsb_spearman"] <= 1 and "stsb" not in res["skipped"]
     assert str(tmp_path / "nowhere") in res["skipped"]["sick"]
+
+
+def test_whitening_map_exported_as_a_dense_module(minilm, wikitext, tmp_path):
+    """``embedding.whiten``: the map is fitted on training-corpus sentences only (none of the
+    held-out documents), whitens them (zero mean, identity covariance), and is a Dense module that
+    sentence-transformers applies exactly as our evaluation does; a re-export drops it."""
+    from sentence_transformers import SentenceTransformer
+
+    from ssl_core.errors import UserError
+    from ssl_core.text import document_batches, resolve_corpus, split_sentences
+    from ssl_core.whitening import MAX_WORDS, MIN_WORDS, fit_whitening, sample_sentences, whiten_model_dir
+
+    data = DataConfig(corpus=str(wikitext), val_fraction=0.1)
+    split = {True: set(), False: set()}                                     # held out?: sentences
+    for shard in resolve_corpus(data.corpus):
+        for g in document_batches(shard, data):
+            for t, v in zip(g["text"], g["val"]):
+                split[bool(v)].update(split_sentences(t))
+    held_out_only = split[True] - split[False]        # (headings like "= = Reception = =" recur)
+    everything = sample_sentences(data, 10**9)
+    assert len(held_out_only) > 100 and set(everything) <= split[False]
+    assert not held_out_only & set(everything)
+    assert all(MIN_WORDS <= len(s.split()) <= MAX_WORDS for s in everything)
+    some = sample_sentences(data, 500)
+    assert len(some) == 500 and set(some) <= set(everything) and some != everything[:500]   # drawn across the corpus
+
+    torch.manual_seed(2)
+    model = build_model(TINY, 30522, 128, 0).eval()
+    d = export_model(model, minilm, tmp_path / "m", pooling="mean", max_seq_len=64)
+    assert whiten_model_dir(d, data, 500, seed=0) == 500
+    mods = json.loads((d / "modules.json").read_text())
+    assert [m["path"] for m in mods] == ["", "1_Pooling", "2_Dense"]
+
+    lm = LoadedModel(d)
+    white, raw = lm.encode(some), lm.encode(some, dense=False)
+    k = white.shape[1]              # LayerNorm: pooled vectors of a random model span H - 1 dims
+    assert TINY.hidden_size - 2 <= k <= TINY.hidden_size
+    np.testing.assert_allclose(white.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(k), atol=2e-2)
+    assert abs(np.cov(raw, rowvar=False) - np.eye(TINY.hidden_size)).max() > 0.5
+    sents = ["A man is playing a guitar on the street.", "Dogs run.", "The market fell."]
+    st = SentenceTransformer(str(d), device="cpu").encode(sents)
+    np.testing.assert_allclose(st, lm.encode(sents), atol=1e-4, rtol=1e-4)
+
+    export_model(model, minilm, d, pooling="mean", max_seq_len=64)          # a new export: no stale map
+    assert not (d / "2_Dense").exists() and LoadedModel(d).dense == []
+    with pytest.raises(UserError, match="embedding.whiten"):
+        fit_whitening(raw[:100])                                            # 100 < 2 x 64

@@ -98,7 +98,8 @@ def check_registry(client: MlflowClient, name: str, version: str, run_id: str):
 
 def test_cli_pretrain_to_mlflow_server(tmp_path, mlflow_server, wikitext):
     res = run_cli("pretrain", "--config", "tiny", "--set", f"data.corpus={wikitext}",
-                  "--set", "mlflow.registered_model=cli-tiny", cwd=tmp_path,
+                  "--set", "mlflow.registered_model=cli-tiny",
+                  "--set", "embedding.whiten=true", "--set", "embedding.whiten_sentences=400", cwd=tmp_path,
                   env={"MLFLOW_TRACKING_URI": mlflow_server}, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     lines = res.stdout.strip().splitlines()
@@ -113,6 +114,18 @@ def test_cli_pretrain_to_mlflow_server(tmp_path, mlflow_server, wikitext):
     run_id = client.get_model_version("cli-tiny", version).run_id
     check_registry(client, "cli-tiny", version, run_id)
     assert not (tmp_path / "mlflow.db").exists()                   # the server got it, not a local db
+    # embedding.whiten: the map is part of the sentence embedding wherever it is read
+    assert "whitening map fitted on 400 training-corpus sentences" in res.stdout
+    from sentence_transformers import SentenceTransformer
+
+    from ssl_core.evaluation import LoadedModel
+    sents = ["The storm moved north.", "A song by the band.", "He was born in 1901."]
+    st = SentenceTransformer(str(model_dir), device="cpu").encode(sents)
+    served = np.array(mlflow.pyfunc.load_model(uri).predict(sents, params={"task": "embed"}))
+    np.testing.assert_allclose(served, st / np.linalg.norm(st, axis=1, keepdims=True), atol=1e-4)
+    raw = LoadedModel(model_dir).encode(sents, dense=False)
+    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+    assert not np.allclose(served @ served.T, raw @ raw.T, atol=1e-2)   # other cosines than unwhitened
 
 
 def test_run_pretrain_local_store(tmp_path, ray_session, shakespeare, monkeypatch):

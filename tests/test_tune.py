@@ -67,7 +67,8 @@ def search(tmp_path_factory, mlflow_server):
                RAY_TMPDIR=str(Path(f"/tmp/rayt{os.getpid()}")))
     exe = Path(sys.executable).parent / "sslpipe"
     args = ["tune", "--config", "tune-tiny", "--set", f"mlflow.registered_model={NAME}",
-            "--set", "mlflow.run_name=search"]
+            "--set", "mlflow.run_name=search",
+            "--set", "embedding.whiten=true", "--set", "embedding.whiten_sentences=300"]
     with open(wd / "first.log", "w") as log:
         proc = subprocess.Popen([str(exe), *args], cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -138,6 +139,9 @@ def test_search_tracks_every_trial_and_registers_the_best(search, mlflow_server)
     assert mv.tags["sslpipe.champion_decision"].startswith("champion: the first version")
     assert mv.run_id == next(c for c in children if c.data.tags["sslpipe.trial"] == best[0]["trial"]).info.run_id
     assert f"models:/{NAME}/{mv.version}" in text
+    # embedding.whiten: trials are compared raw; the registered best gets the map
+    assert "whitening map fitted on 300 training-corpus sentences" in text
+    assert (sdir / "trials" / best[0]["trial"] / "model" / "2_Dense" / "model.safetensors").is_file()
 
 
 def test_champion_moves_only_on_improvement(search, mlflow_server, tmp_path):
