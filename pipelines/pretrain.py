@@ -177,11 +177,16 @@ def whiten(cfg: Config, model_dir: Path) -> dict:
     training-corpus sentences (``ssl_core.whitening``); returns the metric to log."""
     if not cfg.embedding.whiten:
         return {}
+    from ssl_core.errors import UserError
     from ssl_core.export import DENSE_DIR
     from ssl_core.whitening import whiten_model_dir
 
     t0 = time.perf_counter()
-    n = whiten_model_dir(model_dir, cfg.data, cfg.embedding.whiten_sentences, cfg.train.seed)
+    try:
+        n = whiten_model_dir(model_dir, cfg.data, cfg.embedding.whiten_sentences, cfg.train.seed)
+    except UserError as e:               # after training: the model is kept, without the map
+        say(f"warning: embedding: whitening skipped, the model is exported without it: {e}")
+        return {"whiten_sentences": 0}
     say(f"embedding: whitening map fitted on {n:,} training-corpus sentences in "
         f"{time.perf_counter() - t0:.1f}s -> {model_dir / DENSE_DIR}")
     return {"whiten_sentences": n}

@@ -249,3 +249,23 @@ def test_whitening_map_exported_as_a_dense_module(minilm, wikitext, tmp_path):
     assert not (d / "2_Dense").exists() and LoadedModel(d).dense == []
     with pytest.raises(UserError, match="embedding.whiten"):
         fit_whitening(raw[:100])                                            # 100 < 2 x 64
+
+
+def test_whitening_on_too_small_a_corpus_is_skipped_not_fatal(minilm, tmp_path, capfd):
+    """After training, a corpus with fewer usable sentences than the map needs (2 x hidden) keeps
+    the exported model as it is and says why; it does not fail the run."""
+    from pipelines.pretrain import whiten
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n\n".join(f"Sentence number {i} is about a red fox and a dog." for i in range(40)))
+    torch.manual_seed(3)
+    d = export_model(build_model(TINY, 30522, 128, 0), minilm, tmp_path / "m", pooling="mean", max_seq_len=64)
+    cfg = Config(data=DataConfig(corpus=str(corpus), val_fraction=0.1), model=TINY)
+    cfg = Config.from_dict({**cfg.to_dict(), "embedding": {"whiten": True, "whiten_sentences": 500}})
+    assert whiten(cfg, d) == {"whiten_sentences": 0}
+    out = capfd.readouterr().out                            # say() writes to the process's stdout
+    from ssl_core.whitening import sample_sentences
+    usable = len(sample_sentences(cfg.data, 500))          # the training documents' sentences
+    assert 0 < usable < 128
+    assert "whitening skipped" in out and "at least 128 sentences" in out and f"the corpus gave {usable};" in out
+    assert not (d / "2_Dense").exists() and LoadedModel(d).dense == []
