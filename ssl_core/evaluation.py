@@ -187,23 +187,29 @@ class LoadedModel:
                 return mode
         return "mean"
 
-    def _dense(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(weight, bias) of each sentence-transformers Dense module after pooling (the whitening
-        map of ``embedding.whiten``); only identity activations, as sslpipe writes them."""
+    def _dense(self) -> list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]]:
+        """(weight, bias, activation) of each sentence-transformers Dense module after pooling (the
+        whitening map of ``embedding.whiten``, or a third-party model's projection); identity and
+        tanh activations (sentence-transformers' default), others are refused by name."""
         from ssl_core.export import IDENTITY
 
+        acts = {IDENTITY: lambda x: x, "torch.nn.modules.activation.Tanh": np.tanh}
         mods = self.dir / "modules.json"
         out = []
         for m in json.loads(mods.read_text(encoding="utf-8")) if mods.is_file() else []:
             if not str(m.get("type", "")).endswith("Dense"):
                 continue
             d = self.dir / m.get("path", "")
-            act = json.loads((d / "config.json").read_text(encoding="utf-8")).get("activation_function")
-            if act != IDENTITY:
-                raise EvaluationError(f"Dense module {d} has activation {act!r}; only {IDENTITY} is supported")
+            conf = json.loads((d / "config.json").read_text(encoding="utf-8"))
+            act = conf.get("activation_function", "torch.nn.modules.activation.Tanh")
+            if act not in acts or conf.get("use_residual"):
+                raise EvaluationError(f"Dense module {d} (activation {act!r}, residual "
+                                      f"{bool(conf.get('use_residual'))}) is not supported: "
+                                      f"no residual, activation one of {', '.join(acts)}")
             from safetensors.numpy import load_file
             t = load_file(str(d / "model.safetensors"))
-            out.append((t["linear.weight"].astype(np.float32), t["linear.bias"].astype(np.float32)))
+            bias = t.get("linear.bias", np.zeros(conf["out_features"], dtype=np.float32))
+            out.append((t["linear.weight"].astype(np.float32), bias.astype(np.float32), acts[act]))
         return out
 
     def _max_len(self) -> int:
@@ -231,8 +237,8 @@ class LoadedModel:
             with torch.no_grad():
                 h = self.encoder(**enc).last_hidden_state             # (B, T, H)
             out[idx] = pool(h, enc["attention_mask"], self.pooling).float().numpy()
-        for w, b in self.dense if dense else []:
-            out = out @ w.T + b
+        for w, b, act in self.dense if dense else []:
+            out = act(out @ w.T + b)
         return out
 
 

@@ -245,6 +245,17 @@ def test_whitening_map_exported_as_a_dense_module(minilm, wikitext, tmp_path):
     st = SentenceTransformer(str(d), device="cpu").encode(sents)
     np.testing.assert_allclose(st, lm.encode(sents), atol=1e-4, rtol=1e-4)
 
+    # a third-party projection (sentence-transformers' own Dense, its default tanh) is applied too
+    from sentence_transformers.base.modules.dense import Dense
+    proj = Dense(k, 32)
+    (d / "3_Dense").mkdir()
+    proj.save(str(d / "3_Dense"))
+    (d / "modules.json").write_text(json.dumps(mods + [{"idx": 3, "name": "3", "path": "3_Dense",
+                                                          "type": "sentence_transformers.base.modules.dense.Dense"}]))
+    st = SentenceTransformer(str(d), device="cpu").encode(sents)
+    assert st.shape == (3, 32) and np.abs(st).max() < 1
+    np.testing.assert_allclose(st, LoadedModel(d).encode(sents), atol=1e-4, rtol=1e-4)
+
     export_model(model, minilm, d, pooling="mean", max_seq_len=64)          # a new export: no stale map
     assert not (d / "2_Dense").exists() and LoadedModel(d).dense == []
     with pytest.raises(UserError, match="embedding.whiten"):
