@@ -119,12 +119,11 @@ def add_dense_module(out: str | Path, weight, bias) -> None:
     """Append a linear map of the pooled embedding (``x @ weight.T + bias``, no activation) to the
     sentence-transformers modules of ``out``, as ST's own ``Dense`` saves it; replaces an earlier one."""
     import numpy as np
-    import torch
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     out = Path(out)
-    w = torch.as_tensor(np.asarray(weight, dtype=np.float32))
-    b = torch.as_tensor(np.asarray(bias, dtype=np.float32))
+    w = np.ascontiguousarray(weight, dtype=np.float32)
+    b = np.ascontiguousarray(bias, dtype=np.float32)
     mods = [m for m in json.loads((out / "modules.json").read_text(encoding="utf-8"))
             if m.get("path") != DENSE_DIR]
     mods.append({"idx": len(mods), "name": str(len(mods)), "path": DENSE_DIR, "type": _ST_DENSE})
@@ -133,8 +132,7 @@ def add_dense_module(out: str | Path, weight, bias) -> None:
         "in_features": int(w.shape[1]), "out_features": int(w.shape[0]), "bias": True,
         "activation_function": IDENTITY,
         "module_input_name": "sentence_embedding", "module_output_name": "sentence_embedding"})
-    save_file({"linear.weight": w.contiguous(), "linear.bias": b.contiguous()},
-              str(out / DENSE_DIR / "model.safetensors"))
+    save_file({"linear.weight": w, "linear.bias": b}, str(out / DENSE_DIR / "model.safetensors"))
 
 
 def _encoder_kwargs(model) -> dict:
