@@ -159,6 +159,43 @@ def test_module_runs_without_ray(tmp_path):
 
 
 
+def test_cpu_dropout_drops_at_its_rate_and_trains_like_dropout():
+    """The CPU dropout the loop trains with (``use_cpu_dropout``): rate, scale, gradient, seeding,
+    a rate set later (contrastive.dropout), eval identity; the model gets it on every hidden-state
+    dropout and not on attention probabilities."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from ssl_core.encoder import CpuDropout, hidden_dropouts, use_cpu_dropout
+
+    m = CpuDropout(0.1).train()
+    x = torch.ones(3, 1001, 7, requires_grad=True)                   # odd element count
+    torch.manual_seed(5)
+    y = m(x)
+    keep = (y != 0).flatten().float()
+    assert abs(float(keep.mean()) - 0.9) < 0.01                     # 21,021 draws: 5 sigma
+    assert abs(float((keep[1:] * keep[:-1]).mean()) - 0.81) < 0.015  # neighbours independent
+    assert torch.equal(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())                          # d(sum)/dx = mask * scale
+    torch.manual_seed(5)
+    assert torch.equal(m(x), y)                                      # same seed, same mask
+    assert not torch.equal(m(x), y)                                  # next draw differs
+    m.p = 0.5
+    assert abs(float((m(x) != 0).float().mean()) - 0.5) < 0.015
+    xb = torch.ones(64, 128, dtype=torch.bfloat16)
+    assert m(xb).dtype == torch.bfloat16
+    assert torch.equal(m.eval()(xb), xb)
+
+    hf = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=32, attention_probs_dropout_prob=0.1))
+    n = use_cpu_dropout(hf)
+    assert n == 1 + 2 * 2 == len(hidden_dropouts(hf))               # embeddings + 2 per layer
+    kinds = {type(mod) for name, mod in hf.named_modules() if isinstance(mod, torch.nn.Dropout)
+             and "attention.self" in name}
+    assert kinds == {torch.nn.Dropout}                              # attention dropout untouched
+    assert all(type(d) is CpuDropout for d in hidden_dropouts(hf))
+
+
 def _toy_objective_class():
     """A toy fourth objective, registered from the test only: from each token's state, tell
     whether MLM selected the position (like replaced-token detection)."""

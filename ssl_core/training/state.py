@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ssl_core.config import Config
-from ssl_core.encoder import attention_impl, build_model, set_attention
+from ssl_core.encoder import attention_impl, build_model, set_attention, use_cpu_dropout
 from ssl_core.examples import ExampleBuilder
 from ssl_core.model import PretrainModule
 from ssl_core.perf import choose_dtype, encoder_flops, measure_peak_flops
@@ -71,6 +71,8 @@ def build_state(job: TrainJob, device: torch.device, rank: int = 0, world: int =
     pad = builder.sp["pad"]
     hf = build_model(cfg.model, builder.vocab_size, cfg.data.max_seq_len, pad)
     attn = set_attention(hf, attention_impl(cfg.model.attention, device.type))
+    if device.type == "cpu":
+        use_cpu_dropout(hf)
     module = PretrainModule.from_config(cfg, hf, pad, builder).to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                             fused=device.type in ("cuda", "cpu") or None)
