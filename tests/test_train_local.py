@@ -196,6 +196,41 @@ def test_cpu_dropout_drops_at_its_rate_and_trains_like_dropout():
     assert all(type(d) is CpuDropout for d in hidden_dropouts(hf))
 
 
+def test_bf16_stream_keeps_the_residual_stream_in_bf16_and_trains_like_fp32():
+    """``train.bf16_stream`` (on by default): under CPU bf16 autocast the encoder's hidden states
+    are bf16 (fp32 without it), loss and gradients stay close to the fp32 stream's, and outside
+    autocast the hook changes nothing."""
+    import copy
+
+    from transformers import BertConfig, BertForMaskedLM
+
+    from ssl_core.encoder import bf16_stream, encode
+
+    torch.manual_seed(0)
+    plain = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=128, hidden_dropout_prob=0.0)).eval()
+    hooked = copy.deepcopy(plain)
+    assert bf16_stream(hooked)
+    ids = torch.randint(5, 100, (4, 32))
+    mask = torch.ones_like(ids)
+    assert torch.equal(encode(hooked, ids, mask), encode(plain, ids, mask))      # no autocast: no-op
+
+    def loss_and_grads(model):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = encode(model, ids, mask)
+            loss = model.cls(h).float().logsumexp(-1).mean()
+        loss.backward()
+        return h.dtype, float(loss.detach()), torch.cat([p.grad.flatten() for p in model.bert.encoder.parameters()])
+
+    dt_plain, loss_plain, g_plain = loss_and_grads(plain)
+    dt_hooked, loss_hooked, g_hooked = loss_and_grads(hooked)
+    assert (dt_plain, dt_hooked) == (torch.float32, torch.bfloat16)
+    assert abs(loss_hooked - loss_plain) < 0.01 * abs(loss_plain)
+    assert float(torch.nn.functional.cosine_similarity(g_plain, g_hooked, dim=0)) > 0.99
+    assert 0.8 < float(g_hooked.norm() / g_plain.norm()) < 1.25
+
+
 def _toy_objective_class():
     """A toy fourth objective, registered from the test only: from each token's state, tell
     whether MLM selected the position (like replaced-token detection)."""

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ssl_core.config import Config
-from ssl_core.encoder import attention_impl, build_model, set_attention, use_cpu_dropout
+from ssl_core.encoder import attention_impl, bf16_stream, build_model, set_attention, use_cpu_dropout
 from ssl_core.examples import ExampleBuilder
 from ssl_core.model import PretrainModule
 from ssl_core.perf import choose_dtype, encoder_flops, measure_peak_flops
@@ -77,6 +77,8 @@ def build_state(job: TrainJob, device: torch.device, rank: int = 0, world: int =
     opt = torch.optim.AdamW(module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                             fused=device.type in ("cuda", "cpu") or None)
     dtype = choose_dtype(tc.precision, device)
+    if device.type == "cpu" and dtype == torch.bfloat16 and tc.bf16_stream:
+        bf16_stream(hf)
     f_tok, f_pred = encoder_flops(hf.config, cfg.data.max_seq_len)
     peak = measure_peak_flops(device, dtype) if measure_peak else float("nan")
     return TrainState(job, builder, module, opt, device, dtype, attn, f_tok, f_pred, peak,
