@@ -197,7 +197,7 @@ def test_cpu_dropout_drops_at_its_rate_and_trains_like_dropout():
 
 
 def test_bf16_stream_keeps_the_residual_stream_in_bf16_and_trains_like_fp32():
-    """``train.bf16_stream`` (on by default): under CPU bf16 autocast the encoder's hidden states
+    """``train.bf16_stream`` (off by default): under CPU bf16 autocast the encoder's hidden states
     are bf16 (fp32 without it), loss and gradients stay close to the fp32 stream's, and outside
     autocast the hook changes nothing."""
     import copy
