@@ -216,9 +216,17 @@ def test_champion_is_served_over_http(search, mlflow_server, tmp_path):
         assert sorted((t["score"] for t in top), reverse=True) == [t["score"] for t in top]
         sents = ["A man is playing the guitar.", "A man plays a guitar.", "The stock market crashed today."]
         emb = np.array(_post(url + "/invocations", {"inputs": sents, "params": {"task": "embed"}}))
-        from transformers import AutoConfig
-        hidden = AutoConfig.from_pretrained(next((wd / "outputs" / "search" / "trials").glob("*/model"))).hidden_size
-        assert emb.shape == (3, hidden) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+        # the width is the served model's own: its whitening map's output (directions of ~zero
+        # variance dropped: LayerNorm'd mean-pooled states can lie in H-1 dimensions), else hidden
+        import mlflow
+        mlflow.set_tracking_uri(mlflow_server)
+        served = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "dl")))
+        confs = [json.loads(p.read_text()) for p in served.rglob("config.json")]
+        hidden = next(c["hidden_size"] for c in confs if "hidden_size" in c)
+        dense = [json.loads(p.read_text()) for p in served.rglob("2_Dense/config.json")]
+        width = dense[0]["out_features"] if dense else hidden
+        assert len(dense) <= 1 and all(d["in_features"] == hidden for d in dense) and hidden - 2 <= width <= hidden
+        assert emb.shape == (3, width) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
         assert emb[0] @ emb[1] > emb[0] @ emb[2]          # the paraphrase ranks above the unrelated one
     finally:
         stop_session(proc.pid, grace=5)
