@@ -263,9 +263,63 @@ def run_tune(cfg: Config, workdir: str | Path | None = None, resume: str | None 
         return _summarize(cfg, grid, space, setup, search_dir, run.info.run_id)
 
 
+def _asha(path: Path, **kwargs):
+    """ASHA whose rungs (every trial's score at each milestone) survive ``--resume``.
+
+    Ray Tune restores the scheduler as it was pickled when the search started, with empty rungs:
+    a resumed search compared the remaining trials only with each other, so a trial the
+    uninterrupted search would stop (worse than the finished trials at a milestone) ran to the
+    end. This one writes its rungs to ``path`` after each result and reads them back on its first
+    call after a restore."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    class ResumableASHA(ASHAScheduler):
+        def __init__(self, path: str, **kw):
+            super().__init__(**kw)
+            self._rungs_path, self._loaded = path, False
+
+        def _load(self) -> None:
+            if self._loaded:
+                return
+            self._loaded = True
+            try:
+                saved = json.loads(Path(self._rungs_path).read_text())
+            except (OSError, ValueError):
+                return
+            for bracket, rungs in zip(self._brackets, saved["brackets"]):
+                for (milestone, recorded), (m, rec) in zip(bracket._rungs, rungs):
+                    if milestone == m:
+                        recorded.update(rec)
+            self._num_stopped = saved.get("stopped", 0)
+            say(f"ASHA: {sum(len(r[1]) for b in saved['brackets'] for r in b)} milestone scores of "
+                "earlier trials restored")
+
+        def _save(self) -> None:
+            tmp = Path(self._rungs_path + ".tmp")
+            tmp.write_text(json.dumps({"stopped": self._num_stopped, "brackets": [
+                [[m, dict(rec)] for m, rec in b._rungs] for b in self._brackets]}))
+            os.replace(tmp, self._rungs_path)
+
+        def on_trial_add(self, tune_controller, trial):
+            self._load()
+            super().on_trial_add(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller, trial, result):
+            self._load()
+            action = super().on_trial_result(tune_controller, trial, result)
+            self._save()
+            return action
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            self._load()
+            super().on_trial_complete(tune_controller, trial, result)
+            self._save()
+
+    return ResumableASHA(str(path), **kwargs)
+
+
 def _fit_search(cfg: Config, space: dict, setup: SearchSetup, search_dir: Path, resume: bool):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     t = cfg.tune
@@ -276,6 +330,7 @@ def _fit_search(cfg: Config, space: dict, setup: SearchSetup, search_dir: Path, 
         tuner = tune.Tuner.restore(str(tune_path / "search"), trainable=trainable,
                                    resume_unfinished=True, restart_errored=True)
         return tuner.fit()
+    (search_dir / "asha_rungs.json").unlink(missing_ok=True)      # a new search: no earlier rungs
     dist = {k: (tune.uniform(lo, hi) if kind == "uniform" else tune.loguniform(lo, hi))
             for k, (kind, lo, hi) in space.items()}
     max_t = _evaluations(cfg) + 1            # never reached: a trial ends by itself, after its export
@@ -287,8 +342,8 @@ def _fit_search(cfg: Config, space: dict, setup: SearchSetup, search_dir: Path, 
             metric="score", mode="max", num_samples=t.num_samples,
             max_concurrent_trials=concurrency(cfg, trial_cpus),
             search_alg=OptunaSearch(sampler=TPESampler(seed=t.seed)),
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                    grace_period=min(t.grace_period, max_t - 1), reduction_factor=t.reduction_factor),
+            scheduler=_asha(search_dir / "asha_rungs.json", time_attr="training_iteration", max_t=max_t,
+                            grace_period=min(t.grace_period, max_t - 1), reduction_factor=t.reduction_factor),
             time_budget_s=t.time_budget_minutes * 60 or None),
         run_config=tune.RunConfig(name="search", storage_path=str(tune_path), verbose=0))
     return tuner.fit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,9 @@ def test_search_tracks_every_trial_and_registers_the_best(search, mlflow_server)
 
     wd, sdir, text, first = search
     assert "resuming search 'search'" in text and "restoring the Tune experiment" in text
+    # ASHA compares the resumed trials with the finished one too: its milestone scores came back
+    restored = re.search(r"ASHA: (\d+) milestone scores of earlier trials restored", text)
+    assert restored and int(restored.group(1)) >= 2, text[-3000:]
     client = MlflowClient(mlflow_server)
     run_json = json.loads((sdir / "search.json").read_text())
     parent = client.get_run(run_json["parent_run_id"])
