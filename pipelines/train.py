@@ -35,6 +35,7 @@ class RaySession:
         self._rt = ray.train
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.dedicated = True                   # a Train worker's process: its threads are ours to order
         self.device = ray.train.torch.get_device()
         from pipelines.data import quiet_data_context
         quiet_data_context()                  # the worker iterates its documents every epoch

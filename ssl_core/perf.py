@@ -6,6 +6,8 @@ hardware can really do the training loop uses."""
 from __future__ import annotations
 
 import functools
+import os
+import threading
 import time
 
 import torch
@@ -74,3 +76,75 @@ def encoder_flops(hf_config, seq_len: int) -> tuple[float, float]:
     per_token = 3 * (2 * L * layer_weights + 4 * L * seq_len * H)
     per_predicted = 3 * 2 * (H * H + H * hf_config.vocab_size)
     return float(per_token), float(per_predicted)
+
+
+def _thread_cpu_ns(tid: int) -> int:
+    """Nanoseconds thread ``tid`` of this process has run on a CPU (0 if it is gone)."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:                                  # not Linux
+        return []
+
+
+def compute_threads(seconds: float = 0.05) -> set[int]:
+    """The threads that run this thread's intra-op (OpenMP) work: this one and the
+    ``torch.get_num_threads() - 1`` others busiest while it runs parallel elementwise ops for
+    ``seconds`` (the pool's threads carry no name or mark of their own). Empty where /proc has no
+    per-thread schedstat (not Linux)."""
+    me = threading.get_native_id()
+    if not os.path.exists(f"/proc/self/task/{me}/schedstat"):
+        return set()
+    x = torch.ones(1 << 22)
+    x.add_(1)                                        # the pool exists (it starts on first use)
+    before = {t: _thread_cpu_ns(t) for t in _threads() if t != me}
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x.add_(1)
+    wall = (time.perf_counter() - t0) * 1e9
+    busy = sorted(((_thread_cpu_ns(t) - c, t) for t, c in before.items()), reverse=True)
+    return {me, *(t for d, t in busy[:max(0, torch.get_num_threads() - 1)] if d > 0.3 * wall)}
+
+
+class QuietThreads:
+    """Keeps a dedicated training process's other threads from taking the cores from the compute
+    threads: every thread but ``compute_threads()`` gets SCHED_IDLE (Linux; the kernel then never
+    preempts a compute thread to run one of them, and gives them a small share when both cores are
+    busy). In a Ray Train worker ~400 wakeups/s of Ray's, gloo's and the data iterator's threads
+    each stalled one of the two OpenMP threads and, at its next barrier, the other
+    (benchmarks/train_overhead.py, Ray / plain per round: median 0.839 without, 0.913 with this).
+    ``apply()`` again catches threads started since (from the compute thread: the data iterator's);
+    a change of ``torch.get_num_threads()`` re-identifies the compute threads first. Irreversible
+    for an unprivileged process (SCHED_IDLE -> SCHED_OTHER needs RLIMIT_NICE): only for a process
+    that exists for the training, never a user's own."""
+
+    def __init__(self):
+        self.keep: set[int] = set()
+        self.threads = 0
+
+    def apply(self) -> int:
+        """Moves every thread not in the compute set to SCHED_IDLE; returns how many were moved."""
+        if not hasattr(os, "SCHED_IDLE"):
+            return 0
+        if not self.keep or self.threads != torch.get_num_threads():
+            self.keep, self.threads = compute_threads(), torch.get_num_threads()
+            if not self.keep:
+                return 0
+        n = 0
+        for tid in _threads():
+            if tid in self.keep:
+                continue
+            try:
+                if os.sched_getscheduler(tid) in (os.SCHED_OTHER, os.SCHED_BATCH):
+                    os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+                    n += 1
+            except OSError:                          # gone, or not ours to change: leave it
+                pass
+        return n

@@ -159,6 +159,55 @@ def test_module_runs_without_ray(tmp_path):
 
 
 
+QUIET_PROBE = r"""
+import json, os, threading, time
+import torch
+from ssl_core.perf import QuietThreads
+
+torch.set_num_threads(2)
+stop, bg = threading.Event(), []
+def poller():                                    # a background thread that wakes every ms
+    bg.append(threading.get_native_id())
+    while not stop.wait(0.001):
+        pass
+threading.Thread(target=poller, daemon=True).start()
+while not bg:
+    time.sleep(0.01)
+q = QuietThreads()
+n1 = q.apply()
+pol = lambda: {int(t): os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")}
+p1 = pol()
+late = []
+threading.Thread(target=lambda: (late.append(threading.get_native_id()), stop.wait()), daemon=True).start()
+while not late:
+    time.sleep(0.01)
+p_late = pol()[late[0]]
+n2 = q.apply()
+print(json.dumps({"me": threading.get_native_id(), "bg": bg[0], "late": late[0], "keep": sorted(q.keep),
+                  "n1": n1, "n2": n2, "p1": p1, "p_late": p_late, "p2": pol()[late[0]],
+                  "IDLE": os.SCHED_IDLE, "OTHER": os.SCHED_OTHER}))
+stop.set()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE and /proc are Linux's")
+def test_quiet_threads_idles_every_thread_but_the_compute_ones():
+    """train.quiet_threads (in a fresh process: the change is for good): this thread and its one
+    OpenMP pool thread stay SCHED_OTHER; a polling thread and one started later get SCHED_IDLE."""
+    import json
+    res = subprocess.run([sys.executable, "-c", QUIET_PROBE], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    p1 = {int(k): v for k, v in r["p1"].items()}
+    keep = set(r["keep"])
+    assert len(keep) == 2 and r["me"] in keep and r["bg"] not in keep       # 2 threads: me + the pool's
+    assert all(p1[t] == r["OTHER"] for t in keep)
+    assert p1[r["bg"]] == r["IDLE"]
+    assert all(p == r["IDLE"] for t, p in p1.items() if t not in keep) and r["n1"] == len(p1) - 2
+    assert r["p_late"] == r["OTHER"] and r["p2"] == r["IDLE"] and r["n2"] == 1   # caught on the next apply
+
+
 def test_cpu_dropout_drops_at_its_rate_and_trains_like_dropout():
     """The CPU dropout the loop trains with (``use_cpu_dropout``): rate, scale, gradient, seeding,
     a rate set later (contrastive.dropout), eval identity; the model gets it on every hidden-state

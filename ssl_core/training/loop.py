@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 
 from ssl_core.log import say
+from ssl_core.perf import QuietThreads
 from ssl_core.training import checkpoint
 from ssl_core.training.job import TrainJob
 from ssl_core.training.data import batch_epoch
@@ -81,6 +82,13 @@ def _train(ts: TrainState, session, batches: Iterator[dict], val: list[dict]) ->
     settings: dict = {}
     pending = 0                                      # steps in the window not yet flushed
     ts.model.train()
+    quiet = QuietThreads() if tc.quiet_threads and ts.device.type == "cpu" \
+        and getattr(session, "dedicated", False) else None
+    if quiet is not None:
+        n = quiet.apply()
+        if ts.rank == 0 and quiet.keep:
+            say(f"{n} other threads of this worker set to SCHED_IDLE: they no longer preempt the "
+                f"{len(quiet.keep)} compute threads (train.quiet_threads)")
     while True:
         window, wait = next_window(batches, tc.grad_accum)
         progress, have = clock.agree(p.step, window is not None)
@@ -104,6 +112,8 @@ def _train(ts: TrainState, session, batches: Iterator[dict], val: list[dict]) ->
         win.add(sums, wait)
         pending += 1
         if p.step % tc.log_every == 0:
+            if quiet is not None:
+                quiet.apply()                        # threads started since (the data iterator's)
             metrics = _flush(ts, session, win, settings, names)
             pending = 0
         if p.step >= tc.max_steps:

@@ -20,6 +20,7 @@ class Session(Protocol):
     rank: int
     world: int
     device: torch.device
+    dedicated: bool          # the process exists for this training only (a Ray Train worker)
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         """The module to train: moved to the device (DDP-wrapped across workers)."""
@@ -51,6 +52,7 @@ class LocalSession:
                  out_dir: str | Path | None = None, device: str | None = None,
                  resume: bool = False, keep: int = 2):
         self.rank, self.world = 0, 1
+        self.dedicated = False                  # the caller's process: its threads are left alone
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._train, self._val = train_batches, val_batches
         self.documents: list[dict] = []
