@@ -86,6 +86,17 @@ def test_time_budget_stops_training(tmp_path, shakespeare, tok_dir):
     assert math.isfinite(final["loss"]) and final["tokens_per_s"] > 0 and 0 < final["mfu"] < 1
 
 
+def test_compiled_module_trains(tmp_path, shakespeare, tok_dir):
+    """train.compile: the loop steps a torch.compile'd module (it once failed on its first step:
+    ``ts.model or ts.module`` asked the compiled wrapper for its len())."""
+    cfg = _cfg(shakespeare, "train.max_steps=3", "train.log_every=1", "train.checkpoint_every=0",
+               "train.compile=true")
+    final, sess = run_local(cfg, tok_dir, val_batches=[], out_dir=tmp_path)
+    assert final["step"] == 3 and final["stop_reason"] == "max_steps"
+    losses = [m["loss"] for m in sess.logged if "loss" in m]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+
 def test_grad_accum_matches_a_bigger_batch(tmp_path, shakespeare, tok_dir):
     """2 micro-batches of 8 with accumulation == 1 batch of 16 (same rows, same masks): the losses
     are normalised over the whole window, so this holds even though the two halves mask different

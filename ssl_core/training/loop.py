@@ -88,7 +88,7 @@ def _train(ts: TrainState, session, batches: Iterator[dict], val: list[dict]) ->
         n = quiet.apply()
         if ts.rank == 0 and quiet.keep:
             say(f"{n} other threads of this worker set to SCHED_IDLE: they no longer preempt the "
-                f"{len(quiet.keep)} compute threads (train.quiet_threads)")
+                f"{len(quiet.keep)} compute thread{'s' * (len(quiet.keep) > 1)} (train.quiet_threads)")
     while True:
         window, wait = next_window(batches, tc.grad_accum)
         progress, have = clock.agree(p.step, window is not None)

@@ -54,7 +54,7 @@ def train_step(ts: TrainState, window: list[dict], progress: float) -> tuple[dic
     over the window: loss, gradient norm, tokens, rows, and every objective's sums, as floats or
     0-d tensors; settings: lr and what the objectives' ``prepare`` reported)."""
     tc = ts.cfg.train
-    module, model = ts.module, ts.model or ts.module
+    module, model = ts.module, (ts.model if ts.model is not None else ts.module)
     torch.manual_seed(step_seed(tc.seed, ts.rank, ts.progress.step))      # dropout of this step
     lr = tc.lr * lr_factor(progress, tc.warmup_steps / max(1, tc.max_steps), tc.lr_schedule)
     for g in ts.opt.param_groups:
