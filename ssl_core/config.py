@@ -201,7 +201,7 @@ class TrainConfig:
     precision: str = "auto"       # auto (bf16 on GPU and on CPUs with native bf16) | bf16 | fp32
     bf16_stream: bool = False     # CPU + bf16: the encoder's residual stream in bf16, not fp32 (1.1x/step)
     compile: bool = False         # torch.compile the encoder
-    quiet_threads: bool = True    # CPU Train workers: Ray's/gloo's threads get SCHED_IDLE, never preempt the compute threads
+    quiet_threads: bool = False   # CPU Train workers: Ray's/gloo's threads get SCHED_IDLE (no shown gain yet)
     log_every: int = 10
     checkpoint_every: int = 100   # steps between checkpoints (0 = only the final one)
     keep_checkpoints: int = 2     # checkpoints kept on storage (the newest)

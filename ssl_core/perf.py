@@ -118,8 +118,10 @@ class QuietThreads:
     threads: every thread but ``compute_threads()`` gets SCHED_IDLE (Linux; the kernel then never
     preempts a compute thread to run one of them, and gives them a small share when both cores are
     busy). In a Ray Train worker ~400 wakeups/s of Ray's, gloo's and the data iterator's threads
-    each stalled one of the two OpenMP threads and, at its next barrier, the other
-    (benchmarks/train_overhead.py, Ray / plain per round: median 0.839 without, 0.913 with this).
+    each stalled one of the two OpenMP threads and, at its next barrier, the other. Measured
+    (benchmarks/train_overhead.py, Ray / plain per round, on and off in alternate rounds): median
+    0.880 with this vs 0.835 without over 13 rounds each, but 0.814 vs 0.833 in the largest single
+    invocation: no reliable gain on a noisy host, so ``train.quiet_threads`` is off by default.
     ``apply()`` again catches threads started since (from the compute thread: the data iterator's);
     a change of ``torch.get_num_threads()`` re-identifies the compute threads first. Irreversible
     for an unprivileged process (SCHED_IDLE -> SCHED_OTHER needs RLIMIT_NICE): only for a process

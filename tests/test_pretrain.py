@@ -99,7 +99,8 @@ def check_registry(client: MlflowClient, name: str, version: str, run_id: str):
 def test_cli_pretrain_to_mlflow_server(tmp_path, mlflow_server, wikitext):
     res = run_cli("pretrain", "--config", "tiny", "--set", f"data.corpus={wikitext}",
                   "--set", "mlflow.registered_model=cli-tiny",
-                  "--set", "embedding.whiten=true", "--set", "embedding.whiten_sentences=400", cwd=tmp_path,
+                  "--set", "embedding.whiten=true", "--set", "embedding.whiten_sentences=400",
+                  "--set", "train.quiet_threads=true", cwd=tmp_path,
                   env={"MLFLOW_TRACKING_URI": mlflow_server}, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     lines = res.stdout.strip().splitlines()
