@@ -93,9 +93,9 @@ def ray_run(cfg, tok_dir: str, train_ds, val_ds, storage: Path, uri: str, name: 
     client = MlflowClient(uri)
     hist = sorted(client.get_metric_history(run_id, "samples_per_s"), key=lambda m: m.step)
     wait = sorted(client.get_metric_history(run_id, "data_wait_frac"), key=lambda m: m.step)[1:]
+    waited = f"; data wait {statistics.median(m.value for m in wait):.1%} of window time, median" if wait else ""
     print(f"  (fit() wall {wall:.1f}s for {cfg.train.max_steps} steps, Ray Train start/stop, eval and "
-          f"final checkpoint included; data wait {statistics.median(m.value for m in wait):.1%} of "
-          f"window time, median)" if wait else "")
+          f"final checkpoint included{waited})")
     return [m.value for m in hist]
 
 
