@@ -202,6 +202,7 @@ class TrainConfig:
     bf16_stream: bool = False     # CPU + bf16: the encoder's residual stream in bf16, not fp32 (1.1x/step)
     compile: bool = False         # torch.compile the encoder
     quiet_threads: bool = False   # CPU Train workers: Ray's/gloo's threads get SCHED_IDLE (no shown gain yet)
+    ddp_shm: bool = True          # CPU DDP workers on one host average gradients through /dev/shm, not gloo
     log_every: int = 10
     checkpoint_every: int = 100   # steps between checkpoints (0 = only the final one)
     keep_checkpoints: int = 2     # checkpoints kept on storage (the newest)

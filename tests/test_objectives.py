@@ -160,10 +160,13 @@ def _probe(config: dict) -> None:
     """One forward/backward of the global batch's slice on each rank; reports global losses and a
     fingerprint of the DDP-averaged gradient."""
     import ray.train
-    import ray.train.torch
 
-    module = _module(Config.from_dict(config["cfg"]), config["vocab"])
-    model = ray.train.torch.prepare_model(module)
+    from pipelines.train import prepare_model
+
+    cfg = Config.from_dict(config["cfg"])
+    module = _module(cfg, config["vocab"])
+    world = ray.train.get_context().get_world_size()
+    model = prepare_model(module, cfg, torch.device("cpu"), world)    # as the Train workers do
     loss, m = model(_rank_slice(config, "input_ids"))
     loss.backward()
     sums = torch.tensor([float(m[k]) for k in ("mlm_loss", "mlm_count", "nsp_loss", "nsp_count",
@@ -174,7 +177,7 @@ def _probe(config: dict) -> None:
     proj = torch.randn(grads.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     res = {"mlm": float(sums[0] / sums[1]), "nsp": float(sums[2] / sums[3]),
            "con": float(sums[4] / sums[5]), "grad_norm": float(grads.norm()),
-           "grad_proj": float(grads @ proj)}
+           "grad_proj": float(grads @ proj), "grad_sync": getattr(model, "grad_sync", None)}
     if ray.train.get_context().get_world_rank() == 0:   # Train V2 keeps metrics only with checkpoints: to a file
         import json
         with open(config["out"], "w") as f:
@@ -230,20 +233,22 @@ def test_two_workers_equal_one_worker_on_the_global_batch(ray_session, global_ba
         assert two[k] == pytest.approx(one[k], rel=1e-4), k
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)
     assert two["grad_proj"] == pytest.approx(one["grad_proj"], rel=1e-3, abs=1e-6)
+    assert one["grad_sync"] is None and two["grad_sync"] == "shared memory"   # train.ddp_shm, one host
 
 
 def _contrastive_only(config: dict) -> None:
     """Three DDP steps with MLM off on a model that has an MLM head (a contrastive stage on an MLM
     checkpoint); rank 0 writes which parameters moved."""
     import ray.train
-    import ray.train.torch
 
+    from pipelines.train import prepare_model
     from ssl_core.encoder import mlm_head
 
-    module = _module(Config.from_dict(config["cfg"]), config["vocab"])
+    cfg = Config.from_dict(config["cfg"])
+    module = _module(cfg, config["vocab"])
     hf = module.hf
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
-    model = ray.train.torch.prepare_model(module)
+    model = prepare_model(module, cfg, torch.device("cpu"), ray.train.get_context().get_world_size())
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
     batch = _rank_slice(config, "view_a", ("view_a", "view_b"))
     losses = []

@@ -109,6 +109,7 @@ def test_cli_pretrain_to_mlflow_server(tmp_path, mlflow_server, wikitext):
     assert model_dir.is_absolute() and model_dir.is_dir()
     assert "step 40/40" in res.stdout + res.stderr                 # progress was shown
     assert "of this worker set to SCHED_IDLE" in res.stdout + res.stderr   # train.quiet_threads
+    assert "gradients averaged through shared memory (2 workers" in res.stdout + res.stderr  # ddp_shm
     check_hf_dir(model_dir)
     mlflow.set_tracking_uri(mlflow_server)
     client = MlflowClient(mlflow_server)
