@@ -102,16 +102,18 @@ class SharedMemoryAllReduce:
         if shared[0] is not None:
             path = SHM_DIR / shared[0]
             try:
-                hook = cls(rank, world, capacity, path)
-            except (OSError, RuntimeError) as e:
-                why = f"cannot map {path}: {e}"
-            if rank == 0 and hook is not None:           # a token every rank must read back
-                hook.result[:8].copy_(torch.tensor(shared[1]))
-            dist.barrier()
-            ok = torch.tensor([1.0 if hook is not None and hook.result[:8].tolist() == shared[1] else 0.0])
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-            if rank == 0:
-                path.unlink(missing_ok=True)             # mapped by every rank: freed when they exit
+                try:
+                    hook = cls(rank, world, capacity, path)
+                except (OSError, RuntimeError) as e:
+                    why = f"cannot map {path}: {e}"
+                if rank == 0 and hook is not None:       # a token every rank must read back
+                    hook.result[:8].copy_(torch.tensor(shared[1]))
+                dist.barrier()
+                ok = torch.tensor([1.0 if hook is not None and hook.result[:8].tolist() == shared[1] else 0.0])
+                dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            finally:                                     # also when a rank died in between
+                if rank == 0:
+                    path.unlink(missing_ok=True)         # mapped by every rank: freed when they exit
             if ok.item() < 1.0:
                 why, hook = why or "the workers do not see one /dev/shm", None
         if hook is None:
