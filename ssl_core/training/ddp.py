@@ -57,20 +57,20 @@ class SharedMemoryAllReduce:
         """Why ``nbytes`` of shared staging cannot serve these ``world`` ranks (None: it can): not one
         host, or ``/dev/shm`` without ``min_free`` times the room. A collective: every rank must
         call it, and all get the same answer."""
-        hosts: list = [None] * world
-        dist.all_gather_object(hosts, _host_id())
         why = None
-        if len(set(hosts)) > 1:
-            why = f"workers on {len(set(hosts))} hosts"
-        elif not SHM_DIR.is_dir() or not os.access(SHM_DIR, os.W_OK):
+        if not SHM_DIR.is_dir() or not os.access(SHM_DIR, os.W_OK):
             why = f"{SHM_DIR} is not writable"
         else:
             st = os.statvfs(SHM_DIR)
             if st.f_bavail * st.f_frsize < min_free * nbytes:
                 why = (f"{SHM_DIR} has {st.f_bavail * st.f_frsize / 2**20:,.0f} MiB free, "
                        f"{min_free * nbytes / 2**20:,.0f} MiB wanted")
-        whys: list = [None] * world
-        dist.all_gather_object(whys, why)
+        seen: list = [None] * world                      # (host, why not here) of every rank
+        dist.all_gather_object(seen, (_host_id(), why))
+        hosts = {h for h, _ in seen}
+        if len(hosts) > 1:
+            return f"workers on {len(hosts)} hosts"
+        whys = [w for _, w in seen]
         return next((w for w in whys if w), None)
 
     @classmethod
@@ -141,8 +141,10 @@ def _average(self: SharedMemoryAllReduce, bucket):   # DDP checks a hook's annot
         lo, hi = r * n // w, (r + 1) * n // w
         if hi > lo:
             out = self.result[lo:hi]
-            torch.sum(self.slots[:, lo:hi], dim=0, out=out) if w > 2 else \
+            if w == 2:
                 torch.add(self.slots[0, lo:hi], self.slots[1, lo:hi], out=out)
+            else:
+                torch.sum(self.slots[:, lo:hi], dim=0, out=out)
             out.div_(w)
         dist.barrier()                             # every share summed (slots free for the next)
         part.copy_(self.result[:n])
