@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ssl_core.config import Config
 from ssl_core.masking import IGNORE_INDEX
+from ssl_core.objectives.base import WINDOW_KEY, WindowCounts
 from ssl_core.objectives import alignment_uniformity, info_nce, mlm_loss, nsp_loss
 from ssl_core.encoder import pool
 
@@ -167,8 +168,15 @@ def _probe(config: dict) -> None:
     module = _module(cfg, config["vocab"])
     world = ray.train.get_context().get_world_size()
     model = prepare_model(module, cfg, torch.device("cpu"), world)    # as the Train workers do
-    loss, m = model(_rank_slice(config, "input_ids"))
+    batch = _rank_slice(config, "input_ids")
+    with torch.no_grad():                       # each loss counts its global batch when it runs
+        plain, _ = model(batch)
+    # the training loop's way: all counts summed over ranks in one asynchronous all-reduce
+    counts = WindowCounts({n: o.count({k: v.numpy() for k, v in batch.items()})
+                           for n, o in module.objectives.items()}, reduce=world > 1)
+    loss, m = model({**batch, WINDOW_KEY: counts})
     loss.backward()
+    counts.settle()
     sums = torch.tensor([float(m[k]) for k in ("mlm_loss", "mlm_count", "nsp_loss", "nsp_count",
                                                 "contrastive_loss", "contrastive_count")],
                         dtype=torch.float64)
@@ -177,7 +185,8 @@ def _probe(config: dict) -> None:
     proj = torch.randn(grads.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     res = {"mlm": float(sums[0] / sums[1]), "nsp": float(sums[2] / sums[3]),
            "con": float(sums[4] / sums[5]), "grad_norm": float(grads.norm()),
-           "grad_proj": float(grads @ proj), "grad_sync": getattr(model, "grad_sync", None)}
+           "grad_proj": float(grads @ proj), "grad_sync": getattr(model, "grad_sync", None),
+           "loss": float(loss), "plain_loss": float(plain), "counts_reduced": counts.reduced}
     if ray.train.get_context().get_world_rank() == 0:   # Train V2 keeps metrics only with checkpoints: to a file
         import json
         with open(config["out"], "w") as f:
@@ -234,6 +243,9 @@ def test_two_workers_equal_one_worker_on_the_global_batch(ray_session, global_ba
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)
     assert two["grad_proj"] == pytest.approx(one["grad_proj"], rel=1e-3, abs=1e-6)
     assert one["grad_sync"] is None and two["grad_sync"] == "shared memory"   # train.ddp_shm, one host
+    for r in (one, two):             # the async window counts give the loss of the blocking ones
+        assert r["loss"] == pytest.approx(r["plain_loss"], rel=1e-5)
+    assert not one["counts_reduced"] and two["counts_reduced"]
 
 
 def _contrastive_only(config: dict) -> None:

@@ -10,7 +10,7 @@ ones and never names one:
   masks here); returns settings to log (``mask_ratio``);
 * ``count(batch)``: its scored items in a numpy batch (masked tokens, labelled pairs, view
   pairs): the loop sums them over the accumulation window, and ``forward`` normalises by the
-  window's global count (``local_count`` / ``global_count`` / ``scaled_mean``);
+  window's global count (``window_count``, then ``scaled_mean``);
 * ``forward(outputs, batch) -> (loss, sums)``: sums are tensors named ``<name>_<key>`` for the
   keys in ``sum_keys`` (``loss``, ``correct``, ``count``, ...), so ranks and log windows add them;
 * ``summarize(sums)``: the window's metrics from the summed values (``<name>_loss``,
@@ -115,6 +115,50 @@ def local_count(batch: dict, name: str, n: torch.Tensor) -> torch.Tensor:
     if w is None or name not in w:
         return n
     return torch.tensor(float(w[name]))
+
+
+class WindowCounts:
+    """Scored items per objective over an accumulation window (``counts[name]``: this rank's
+    count), what the training loop puts in ``batch[WINDOW_KEY]``; with ``reduce`` (DDP) it starts
+    one asynchronous all-reduce of all of them at once, before the forward passes, and ``total``
+    waits for it where a loss needs the global count. A blocking all-reduce there made every rank
+    wait mid-forward for the slowest (3-5% of a step of two CPU workers). Not a dict on purpose:
+    DDP's input scatter (GPU) rebuilds dicts it finds in the inputs, and would drop the handle."""
+
+    def __init__(self, counts: dict[str, float], device=None, reduce: bool = False):
+        self.local = {k: float(v) for k, v in counts.items()}
+        self._names = list(self.local)
+        self._t = torch.tensor(list(self.local.values()), dtype=torch.float32, device=device)
+        self._work = dist.all_reduce(self._t, async_op=True) if reduce and self._names else None
+        self.reduced = self._work is not None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.local
+
+    def __getitem__(self, name: str) -> float:
+        return self.local[name]
+
+    def total(self, name: str) -> torch.Tensor:
+        """The count of ``name`` summed over ranks (this rank's without ``reduce``)."""
+        self.settle()
+        return self._t[self._names.index(name)]
+
+    def settle(self) -> None:
+        """Wait for the all-reduce (the step calls it at the end: an objective with nothing to
+        score this window never asks for its total)."""
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+
+
+def window_count(batch: dict, name: str, n: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """The global count objective ``name`` normalises its loss by: from the loop's
+    ``WindowCounts`` when it supplied them (summed over ranks in the collective it started), else
+    ``global_count(local_count(...))`` now."""
+    w = batch.get(WINDOW_KEY)
+    if isinstance(w, WindowCounts) and name in w and (w.reduced or not distributed(module)):
+        return w.total(name)
+    return global_count(local_count(batch, name, n), module)
 
 
 def global_count(n: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.encoder import hidden_dropouts, pool
-from ssl_core.objectives.base import (EncoderOutputs, Objective, gather_with_grad, global_count,
-                                      local_count, scaled_mean)
+from ssl_core.objectives.base import (EncoderOutputs, Objective, gather_with_grad, scaled_mean,
+                                      window_count)
 
 
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float,
@@ -91,7 +91,7 @@ class ContrastiveObjective(Objective):
         keys, offset = gather_with_grad(b, self)                        # (N, H) global batch
         total, correct, cos = info_nce(a, keys, self.temperature, offset)
         B = a.shape[0]
-        n = global_count(local_count(batch, self.name, torch.tensor(B)), self)
+        n = window_count(batch, self.name, torch.tensor(B), self)
         loss = scaled_mean(total, n, self)
         with torch.no_grad():
             pos = cos[torch.arange(B), torch.arange(B) + offset]        # (B,)

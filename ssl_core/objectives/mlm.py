@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from ssl_core.encoder import mlm_head, mlm_logits_at
 from ssl_core.masking import IGNORE_INDEX, mask_rows, ratio_at
-from ssl_core.objectives.base import (EncoderOutputs, Objective, batched, global_count, local_count,
-                                      scaled_mean)
+from ssl_core.objectives.base import (EncoderOutputs, Objective, batched, scaled_mean,
+                                      window_count)
 
 
 def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +85,7 @@ class MlmObjective(Objective):
         y = labels[sel]                                     # (M,)
         logits = self.head(out.hidden[sel])                 # (M, V)
         total, correct = mlm_loss(logits, y)
-        n = global_count(local_count(batch, self.name, sel.sum()), self)
+        n = window_count(batch, self.name, sel.sum(), self)
         loss = scaled_mean(total, n, self)
         return loss, {"mlm_loss": total.detach(), "mlm_correct": correct,
                       "mlm_count": torch.tensor(float(y.numel()))}

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from ssl_core.encoder import encode
 from ssl_core.masking import IGNORE_INDEX
-from ssl_core.objectives.base import (EncoderOutputs, Objective, batched, global_count, local_count,
-                                      scaled_mean)
+from ssl_core.objectives.base import (EncoderOutputs, Objective, batched, scaled_mean,
+                                      window_count)
 
 HEAD_PREFIX = "nsp_head."
 
@@ -76,7 +76,7 @@ class NspObjective(Objective):
     def forward(self, out: EncoderOutputs, batch: dict):
         logits = self.head(out.hidden[:, 0])                # (B, 2) from [CLS]
         total, correct, scored = nsp_loss(logits, batch["nsp_label"])
-        n = global_count(local_count(batch, self.name, scored), self)
+        n = window_count(batch, self.name, scored, self)
         loss = scaled_mean(total, n, self)                  # 0 (graph kept) when nothing is scored
         return loss, {"nsp_loss": total.detach(), "nsp_correct": correct,
                       "nsp_count": scored.detach().float()}

@@ -6,7 +6,8 @@
 ``train_step`` is what the training loop runs, and what the benchmarks time: every enabled
 objective prepares each micro-batch (MLM draws its masks), the window's scored items are counted
 per objective so each loss is normalised over the whole window (k micro-batches train exactly like
-one k-times larger batch), then forward/backward per micro-batch (DDP syncs gradients on the last
+one k-times larger batch; under DDP one asynchronous all-reduce sums the counts over ranks while
+the forward pass runs), then forward/backward per micro-batch (DDP syncs gradients on the last
 one only), gradient clipping, the AdamW step.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from ssl_core.objectives.base import WINDOW_KEY
+from ssl_core.objectives.base import WINDOW_KEY, WindowCounts, distributed
 from ssl_core.training.schedule import lr_factor, step_seed
 from ssl_core.training.state import TrainState
 
@@ -64,7 +65,8 @@ def train_step(ts: TrainState, window: list[dict], progress: float) -> tuple[dic
         for batch in window:
             for obj in module.objectives.values():
                 settings.update(obj.prepare(batch, progress))
-        counts = {n: sum(o.count(b) for b in window) for n, o in module.objectives.items()}
+        counts = WindowCounts({n: sum(o.count(b) for b in window) for n, o in module.objectives.items()},
+                              ts.device, reduce=distributed(module))   # summed over ranks meanwhile
     columns = module.columns()
     sums: dict = {}
     for i, batch in enumerate(window):
@@ -85,6 +87,7 @@ def train_step(ts: TrainState, window: list[dict], progress: float) -> tuple[dic
             _add(sums, "row_tokens", float(batch["num_tokens"].sum()))
             _add(sums, "slots", float(batch["input_ids"].size))
         _add(sums, "samples", float(len(batch["input_ids"] if "input_ids" in batch else batch["view_a"])))
+    counts.settle()
     with record_function("## optimizer"):
         if tc.grad_clip > 0:
             sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip).detach().double()
