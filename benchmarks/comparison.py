@@ -25,12 +25,6 @@ MINI = ["model.hidden_size=256", "model.num_layers=4", "model.num_heads=4", "mod
         "tokenizer.vocab_size=8000", "data.max_seq_len=128"]
 
 
-def cpu_line() -> str:
-    from ssl_core.perf import cpu_has_native_bf16
-    name = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return f"CPU: {name}, {os.cpu_count()} cores, native bf16: {cpu_has_native_bf16()}"
-
-
 def _rows(path: Path, col: str) -> list[str]:
     with open(path, encoding="utf-8", newline="") as f:
         return [r[col] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]

@@ -125,9 +125,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--local-steps", type=int, default=60)
     args = ap.parse_args()
-    from ssl_core.perf import cpu_has_native_bf16
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"CPU: {cpu}, {os.cpu_count()} cores, native bf16: {cpu_has_native_bf16()}")
+    from ssl_core.perf import cpu_line
+    print(cpu_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="sslbench_share_") as d:
         tmp = Path(d)
         by, text = run_job(args, tmp)

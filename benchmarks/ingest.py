@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--corpus", default=DEFAULT)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    from ssl_core.perf import cpu_line
+    print(cpu_line(), flush=True)
 
     import ray
     from pipelines.data import quiet_data_context

@@ -65,6 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=200)
     args = ap.parse_args()
+    from ssl_core.perf import cpu_line
+    print(cpu_line(), flush=True)
     torch.set_num_threads(1)
 
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling

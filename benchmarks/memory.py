@@ -77,6 +77,8 @@ def run(corpus: str, tok_dir: str) -> tuple[float, str]:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
+    from ssl_core.perf import cpu_line
+    print(cpu_line(), flush=True)
     from ssl_core.text import resolve_corpus, sample_documents
     from ssl_core.tokenizer import train_wordpiece
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import comparison as C  # noqa: E402
+from ssl_core.perf import cpu_line  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (C.DATA / "wikitext2").is_dir():
         sys.exit(f"{C.DATA} not found (the shared data folder is missing)")
-    print(C.cpu_line(), flush=True)
+    print(cpu_line(), flush=True)
     with tempfile.TemporaryDirectory(prefix="sslbench_qmlm_") as d:
         tmp = Path(d)
         files, heldout = C.build_corpus(tmp / "corpus")

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import comparison as C  # noqa: E402
+from ssl_core.perf import cpu_line  # noqa: E402
 
 
 def sentences(files: list[Path], tokenizer_dir: Path, limit: int = 200_000) -> list[str]:
@@ -117,7 +118,7 @@ def main() -> None:
     ap.add_argument("--skip-continue", action="store_true")
     ap.add_argument("--set", action="append", default=[], help="extra overrides for our runs")
     args = ap.parse_args()
-    print(C.cpu_line(), flush=True)
+    print(cpu_line(), flush=True)
     extra = [x for s in args.set for x in ("--set", s)]
     with tempfile.TemporaryDirectory(prefix="sslbench_qsts_") as d:
         tmp = Path(d)

@@ -130,7 +130,10 @@ def main() -> None:
     docs = local_documents(cfg, tok_dir, "train")
     val = local_documents(cfg, tok_dir, "val")
     as_items = lambda groups: [{k: g[k][i] for k in g} for g in groups for i in range(len(g["id"]))]
-    print(f"{cfg.model.num_layers} layers x {cfg.model.hidden_size}, seq {cfg.data.max_seq_len}, "
+    from ssl_core.perf import choose_dtype, cpu_line
+    print(cpu_line())
+    print(f"precision {str(choose_dtype(cfg.train.precision, torch.device('cpu'))).replace('torch.', '')}; "
+          f"{cfg.model.num_layers} layers x {cfg.model.hidden_size}, seq {cfg.data.max_seq_len}, "
           f"batch {args.batch}, {args.steps} steps, {THREADS} threads, {sum(len(g['id']) for g in docs):,} "
           f"documents, shuffle buffer {args.shuffle_buffer}")
 

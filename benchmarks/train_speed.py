@@ -218,10 +218,11 @@ def main() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(THREADS)
 
-    from ssl_core.perf import encoder_flops, measure_peak_flops
+    from ssl_core.perf import cpu_line, encoder_flops, measure_peak_flops
     from ssl_core.training import local_batches
     from ssl_core.tokenizer import load_fast, special_ids
 
+    print(cpu_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         tok_dir = tokenizer(corpus, Path(tmp) / "tok")

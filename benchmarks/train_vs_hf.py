@@ -169,6 +169,8 @@ def main() -> None:
     ap.add_argument("--train", default=str(DATA / "warpeace" / "train.txt"))
     ap.add_argument("--val", default=str(DATA / "warpeace" / "val.txt"))
     args = ap.parse_args()
+    from ssl_core.perf import cpu_line
+    print(cpu_line(), flush=True)
     train_txt, val_txt = Path(args.train), Path(args.val)
     if not (train_txt.is_file() and val_txt.is_file()):
         sys.exit(f"{train_txt} / {val_txt} not found (the shared data folder is missing)")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,13 +27,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def run(args: list[str], cwd: Path, env: dict) -> float:
@@ -80,7 +72,9 @@ def main() -> None:
             solo.append(run(["pretrain", "--config", a.config, *sets, *knobs, "--set", f"eval.every={cfg.tune.eval_every}",
                              "--set", f"mlflow.run_name=solo{i}"], wd, env))
             print(f"solo {i}: masking.ratio {r.get('masking.ratio'):.3f}, {solo[-1]:.1f} s", flush=True)
-    print(f"cpu: {cpu_model()}; config {a.config}, {a.trials} trials of {cfg.train.max_steps} steps, "
+    from ssl_core.perf import cpu_line
+    print(cpu_line())
+    print(f"config {a.config}, {a.trials} trials of {cfg.train.max_steps} steps, "
           f"one at a time, no early stopping")
     print(f"search (sslpipe tune): {search:.1f} s; solo (sslpipe pretrain x{a.trials}): {sum(solo):.1f} s "
           f"({', '.join(f'{s:.1f}' for s in solo)})")

@@ -27,6 +27,18 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def cpu_line() -> str:
+    """``CPU: <model name>, <n> cores, native bf16: <bool>``: what every benchmark prints first
+    (figures are compared only between runs on the same CPU)."""
+    name = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"CPU: {name}, {os.cpu_count()} cores, native bf16: {cpu_has_native_bf16()}"
+
+
 def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The autocast dtype for ``train.precision`` (auto | bf16 | fp32) on ``device``."""
     if precision == "fp32":
