@@ -75,8 +75,10 @@ def run_job(args, tmp: Path) -> tuple[dict, str]:
     t0 = time.time()
     while proc.poll() is None:
         for pid, (name, cpu) in session_cpu(proc.pid).items():
-            if pid not in seen or cpu >= seen[pid][1]:
-                seen[pid] = (name, cpu)
+            if pid in seen:       # an exiting process's cmdline reads empty: keep the full name seen
+                name = max(name, seen[pid][0], key=len)
+                cpu = max(cpu, seen[pid][1])
+            seen[pid] = (name, cpu)
         time.sleep(0.5)
     log.close()
     text = (tmp / "job.log").read_text()
@@ -135,7 +137,9 @@ def main() -> None:
     precision = re.search(r"precision (\w+) on cpu", text)
     print(f"precision {precision.group(1) if precision else '?'}; job tok/s median {statistics.median(job):,.0f} "
           f"over {len(job)} windows; the same loop alone {statistics.median(loop):,.0f} over {len(loop)} windows")
-    print(f"RATIO data_cpu_share {by['data'] / max(1e-9, by['train']):.3f}")
+    if by["train"] <= 0:
+        sys.exit("no Train worker process (ray::RayTrainWorker) was seen in the job's session: no ratio")
+    print(f"RATIO data_cpu_share {by['data'] / by['train']:.3f}")
     print(f"RATIO job_vs_loop {statistics.median(job) / statistics.median(loop):.3f}")
 
 
