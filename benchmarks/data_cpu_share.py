@@ -48,7 +48,7 @@ def session_cpu(sid: int) -> dict[int, tuple[str, float]]:
             continue
         f = stat[stat.rindex(")") + 2:].split()
         if int(f[3]) == sid:
-            out[int(d)] = (cmd.strip() or stat[stat.index("(") + 1:stat.rindex(")")],
+            out[int(d)] = (cmd.strip() or "comm:" + stat[stat.index("(") + 1:stat.rindex(")")],
                            (int(f[11]) + int(f[12])) / HZ)
     return out
 
@@ -75,8 +75,8 @@ def run_job(args, tmp: Path) -> tuple[dict, str]:
     t0 = time.time()
     while proc.poll() is None:
         for pid, (name, cpu) in session_cpu(proc.pid).items():
-            if pid in seen:       # an exiting process's cmdline reads empty: keep the full name seen
-                name = max(name, seen[pid][0], key=len)
+            if pid in seen:       # an exiting process's cmdline reads empty: keep the last one seen
+                name = seen[pid][0] if name.startswith("comm:") else name
                 cpu = max(cpu, seen[pid][1])
             seen[pid] = (name, cpu)
         time.sleep(0.5)
