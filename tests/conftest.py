@@ -135,12 +135,29 @@ def mlflow_server(session_tmp):
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
-    """Run the installed `sslpipe` console script; returns CompletedProcess (text)."""
+    """Run the installed `sslpipe` console script in a session of its own; returns
+    CompletedProcess (text). Whatever it started and left behind is killed when it ends: Ray 2.60's
+    workers can hang in their exit handlers (a Ray Data actor stuck in ``~CoreWorkerProcessImpl``
+    after ``sslpipe tune`` ended was seen in CI), and a timed-out CLI leaves its Ray running."""
+    import warnings
+
     exe = Path(sys.executable).parent / "sslpipe"
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([str(exe), *args], cwd=cwd, env=e, capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = [str(exe), *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    finally:
+        left = stop_session(proc.pid, grace=10)
+        if left:
+            warnings.warn(f"`sslpipe {' '.join(args[:1])}` left {len(left)} process(es) behind, killed: {left}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="session")
