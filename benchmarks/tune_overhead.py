@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--keep", default=None, help="copy the search's table and plots into this directory")
     a = p.parse_args()
     from pipelines.configs import load_config
+    from ssl_core.perf import cpu_line
+    print(cpu_line(), flush=True)
     cfg = load_config(a.config, a.overrides)
     evals = cfg.train.max_steps // cfg.tune.eval_every + 1
     sets = [x for o in a.overrides for x in ("--set", o)]
@@ -72,8 +74,6 @@ def main() -> None:
             solo.append(run(["pretrain", "--config", a.config, *sets, *knobs, "--set", f"eval.every={cfg.tune.eval_every}",
                              "--set", f"mlflow.run_name=solo{i}"], wd, env))
             print(f"solo {i}: masking.ratio {r.get('masking.ratio'):.3f}, {solo[-1]:.1f} s", flush=True)
-    from ssl_core.perf import cpu_line
-    print(cpu_line())
     print(f"config {a.config}, {a.trials} trials of {cfg.train.max_steps} steps, "
           f"one at a time, no early stopping")
     print(f"search (sslpipe tune): {search:.1f} s; solo (sslpipe pretrain x{a.trials}): {sum(solo):.1f} s "

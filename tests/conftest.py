@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -139,8 +140,6 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
     CompletedProcess (text). Whatever it started and left behind is killed when it ends: Ray 2.60's
     workers can hang in their exit handlers (a Ray Data actor stuck in ``~CoreWorkerProcessImpl``
     after ``sslpipe tune`` ended was seen in CI), and a timed-out CLI leaves its Ray running."""
-    import warnings
-
     exe = Path(sys.executable).parent / "sslpipe"
     e = dict(os.environ)
     e.update(env or {})
