@@ -52,6 +52,37 @@ def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if ok else torch.float32
 
 
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3      # glibc's mallopt() parameters
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Tells glibc's malloc to keep freed memory for reuse instead of giving it back to the kernel
+    (Linux/glibc; a no-op returning False elsewhere). Done once per process, by every CPU training
+    process before it builds its model.
+
+    A training step allocates and frees the same tensors every step, many of them above malloc's
+    starting mmap threshold (128 KiB): each such allocation was a fresh ``mmap``, page-faulted in
+    and unmapped again at ``free``. glibc raises that threshold as it goes but also trims the heap,
+    so the faults continue: 400k-900k minor faults per 60 steps of BERT-mini (batch 16), ~1 s of
+    system time in ~7 s, and 136 vs 151 samples/s (2026-12-02, Xeon with AMX, fresh processes).
+    With allocations up to 32 MiB (glibc's maximum) from the heap and the heap trimmed only above
+    1 GiB free, a warmed-up step faults almost never (~4k per 60 steps). The cost: a process keeps
+    up to 1 GiB of freed heap mapped for its next steps."""
+    import ctypes
+    import ctypes.util
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):              # musl and other libcs: nothing to tune
+        return False
+    return all(mallopt(k, v) == 1 for k, v in ((_M_MMAP_THRESHOLD, 32 << 20),
+                                               (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)))
+
+
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None,
                        seconds: float = 0.5) -> float:
     """FLOP/s of the best of a few GEMMs in ``dtype`` on ``device``: n x n, or on CPU the best of

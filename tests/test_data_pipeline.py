@@ -39,7 +39,7 @@ def test_tokenized_once_counted_and_rebuilt_per_epoch(ray_session, corpus_and_to
     from one epoch to the next while the documents do not."""
     from pipelines.data import report, tokenized_corpus
     from ssl_core.examples import ExampleBuilder
-    from ssl_core.training.data import train_batches
+    from ssl_core.training.data import VIEW_BUCKET, train_batches
 
     corpus, tok = corpus_and_tokenizer
     cfg = load_config("tiny", [f"data.corpus={corpus}", "data.max_documents=0", "objectives.contrastive=true",
@@ -65,6 +65,8 @@ def test_tokenized_once_counted_and_rebuilt_per_epoch(ray_session, corpus_and_to
         assert batch["input_ids"].shape == (cfg.train.batch_size, T)
         P, width = batch["view_a"].shape
         assert P == cfg.contrastive.batch_size and width <= L and batch["view_b"].shape == (P, width)
+        longest = int(max((batch["view_a"] != 0).sum(1).max(), (batch["view_b"] != 0).sum(1).max()))
+        assert width == min(L, -(-longest // VIEW_BUCKET) * VIEW_BUCKET)   # a few widths, not one per batch
         assert np.all(batch["view_a"][:, 0] == 2) and np.all((batch["view_b"] != 0).sum(1) >= 3)
         epochs_seen.add(int(batch["epoch"].max()))
     assert epochs_seen == {0, 1} and n_batches >= 2 * (c["train_rows"] // cfg.train.batch_size) - 1

@@ -65,6 +65,32 @@ def test_mlm_loss_is_cross_entropy_at_masked_positions():
     assert int(correct) == int((logits.argmax(-1) == y).sum())
 
 
+def test_mlm_targets_padded_to_a_few_row_counts():
+    """The head sees multiples of 64 rows (a handful of GEMM shapes, not one per batch); the padding
+    rows are ignored: same loss and accuracy as on exactly the masked positions."""
+    from ssl_core.objectives.mlm import BUCKET, bucketed_targets
+    g = torch.Generator().manual_seed(3)
+    head = torch.nn.Linear(16, 50)
+    shapes = set()
+    for p in (0.05, 0.15, 0.15, 0.3, 0.5):
+        labels = torch.randint(0, 50, (6, 40), generator=g)
+        labels[torch.rand(6, 40, generator=g) >= p] = IGNORE_INDEX
+        sel = labels != IGNORE_INDEX
+        m = int(sel.sum())
+        idx, y = bucketed_targets(labels)
+        assert len(idx) == len(y) and len(idx) % BUCKET == 0 and m <= len(idx) < m + BUCKET
+        assert torch.equal(idx[:m], sel.reshape(-1).nonzero().squeeze(1)) and torch.equal(y[:m], labels[sel])
+        assert bool((y[m:] == IGNORE_INDEX).all())
+        shapes.add(len(idx))
+        hidden = torch.randn(6, 40, 16, generator=g)
+        total, correct = mlm_loss(head(hidden.reshape(-1, 16)[idx]), y)
+        ref_total, ref_correct = mlm_loss(head(hidden[sel]), labels[sel])
+        assert total.item() == pytest.approx(ref_total.item(), rel=1e-5) and int(correct) == int(ref_correct)
+    assert len(shapes) < 5                      # five different mask counts, fewer row counts
+    idx, y = bucketed_targets(torch.full((2, 8), IGNORE_INDEX))
+    assert len(idx) == len(y) == 0              # nothing masked: nothing padded either
+
+
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra"])
 def test_sparse_mlm_head_equals_dense_logits(arch):
     from ssl_core.encoder import build_model, encode, mlm_head

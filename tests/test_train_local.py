@@ -219,6 +219,46 @@ def test_quiet_threads_idles_every_thread_but_the_compute_ones():
     assert r["p_late"] == r["OTHER"] and r["p2"] == r["IDLE"] and r["n2"] == 1   # caught on the next apply
 
 
+FAULTS_PROBE = r"""
+import resource, sys, torch
+from transformers import BertConfig, BertForMaskedLM
+from ssl_core.perf import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+torch.set_num_threads(2)
+torch.manual_seed(0)
+m = BertForMaskedLM(BertConfig(vocab_size=4000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=512))
+opt = torch.optim.AdamW(m.parameters())
+x = torch.randint(5, 4000, (16, 128))
+def step():
+    m(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    opt.zero_grad()
+for _ in range(3):
+    step()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_a_training_step_from_page_faulting():
+    """Fresh processes, the same 10 warmed-up steps of a small BERT: glibc as it starts maps and
+    unmaps the step's big tensors every step (~300k minor faults here); after
+    ``keep_freed_memory()`` (what every CPU training process does) they are reused."""
+    faults = {}
+    for mode in ("default", "keep"):
+        res = subprocess.run([sys.executable, "-c", FAULTS_PROBE, mode], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        kept, n = res.stdout.split()[-2:]
+        faults[mode] = int(n)
+        assert kept == {"default": "None", "keep": "True"}[mode]
+    assert faults["default"] > 50_000 and faults["keep"] < faults["default"] / 10, faults
+
+
 def test_cpu_dropout_drops_at_its_rate_and_trains_like_dropout():
     """The CPU dropout the loop trains with (``use_cpu_dropout``): rate, scale, gradient, seeding,
     a rate set later (contrastive.dropout), eval identity; the model gets it on every hidden-state

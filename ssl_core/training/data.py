@@ -66,9 +66,16 @@ class _Buffer:
         return out
 
 
+VIEW_BUCKET = 8
+
+
 def _trim_views(pairs: dict, pad_id: int) -> dict:
-    """View columns cut to the longest view of the batch (less padding through the encoder)."""
+    """View columns cut to the longest view of the batch (less padding through the encoder),
+    rounded up to a multiple of ``VIEW_BUCKET``: the encoder's GEMMs then see a few shapes, not a
+    new one per batch (each new shape costs oneDNN a kernel; see ``ssl_core.objectives.mlm``)."""
+    width = pairs["view_a"].shape[1]
     n = int(max((pairs["view_a"] != pad_id).sum(1).max(), (pairs["view_b"] != pad_id).sum(1).max()))
+    n = min(width, -(-n // VIEW_BUCKET) * VIEW_BUCKET)
     return dict(pairs, view_a=pairs["view_a"][:, :n], view_b=pairs["view_b"][:, :n])
 
 

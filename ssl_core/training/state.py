@@ -14,7 +14,7 @@ from ssl_core.config import Config
 from ssl_core.encoder import attention_impl, bf16_stream, build_model, set_attention, use_cpu_dropout
 from ssl_core.examples import ExampleBuilder
 from ssl_core.model import PretrainModule
-from ssl_core.perf import choose_dtype, encoder_flops, measure_peak_flops
+from ssl_core.perf import choose_dtype, encoder_flops, keep_freed_memory, measure_peak_flops
 from ssl_core.training.job import TrainJob
 
 
@@ -66,6 +66,7 @@ def build_state(job: TrainJob, device: torch.device, rank: int = 0, world: int =
     tc = cfg.train
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+        keep_freed_memory()
     torch.manual_seed(tc.seed)
     builder = ExampleBuilder(cfg, job.tokenizer_dir)
     pad = builder.sp["pad"]
