@@ -99,9 +99,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stop_ray() -> None:
+    """Shuts down the Ray this CLI connected to or started; a process of a local Ray that has not
+    exited 10 s after ``ray.shutdown()`` (Ray 2.60 workers can hang in their exit handlers) is
+    killed and named on stderr, so that nothing of the run stays behind holding memory."""
     import ray
     if ray.is_initialized():
+        from pipelines.reap import descendants, reap
+        local = descendants() if not os.environ.get("RAY_ADDRESS") else {}
         ray.shutdown()
+        left = reap(local, grace=10.0)
+        if left:
+            print(f"sslpipe: {len(left)} process(es) of the local Ray had not exited 10 s after it was shut "
+                  f"down (a Ray worker hung in its exit handlers); killed PIDs {left}", file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
 
@@ -150,6 +159,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    ours = not _ray_running()                   # a Ray this call starts is this call's to stop
     try:
         return _run(args)
     except UserError as e:           # every input the user can fix: one line, exit 2
@@ -158,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sslpipe: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if ours and _ray_running():             # `data`, and runs that stopped on an error
+            _stop_ray()
+
+
+def _ray_running() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 if __name__ == "__main__":
