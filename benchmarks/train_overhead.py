@@ -137,6 +137,8 @@ def main() -> None:
           f"batch {args.batch}, {args.steps} steps, {THREADS} threads, {sum(len(g['id']) for g in docs):,} "
           f"documents, shuffle buffer {args.shuffle_buffer}")
 
+    from pipelines.prepare import local_ray_defaults
+    local_ray_defaults()                         # as `sslpipe pretrain` starts its local Ray
     ray.init(address="local", num_cpus=4, _temp_dir=str(tmp / "ray"), include_dashboard=False,
              log_to_driver=True)
     try:

@@ -16,6 +16,7 @@ waits on a collective the others never reach. Before and after training rank 0 e
 (MLM at the fixed 15% mask)."""
 from __future__ import annotations
 
+import os
 import time
 from itertools import islice
 from typing import Iterator
@@ -162,8 +163,9 @@ def train_loop(job: TrainJob, session) -> dict:
     if tc.compile:
         ts.model = torch.compile(ts.model)
     if ts.rank == 0:
+        nice = f", nice {os.nice(0)}" if hasattr(os, "nice") else ""    # Ray's default for workers: 15
         say(f"precision {str(ts.dtype).replace('torch.', '')} on {ts.device.type}, {ts.attention} "
-            f"attention; measured GEMM peak {ts.peak_flops / 1e9:,.0f} GFLOP/s per worker; "
+            f"attention{nice}; measured GEMM peak {ts.peak_flops / 1e9:,.0f} GFLOP/s per worker; "
             f"{sum(p.numel() for p in ts.module.hf.parameters()):,} encoder parameters")
     val = session.val_batches(ts) if ts.rank == 0 else []
     before: dict = {}
