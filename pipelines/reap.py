@@ -15,14 +15,14 @@ import signal
 import time
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent PID, start time in clock ticks) of ``pid``; None when it is gone."""
+def _stat(pid: int) -> tuple[bytes, int, int] | None:
+    """(state, parent PID, start time in clock ticks) of ``pid``; None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except OSError:
         return None
-    return int(fields[1]), int(fields[19])       # ppid is field 4, starttime field 22 of stat
+    return fields[0], int(fields[1]), int(fields[19])   # stat's fields 3, 4 and 22
 
 
 def descendants(root: int | None = None) -> dict[int, int]:
@@ -33,7 +33,7 @@ def descendants(root: int | None = None) -> dict[int, int]:
     kids: dict[int, list[tuple[int, int]]] = {}
     for name in os.listdir("/proc"):
         if name.isdigit() and (st := _stat(int(name))) is not None:
-            kids.setdefault(st[0], []).append((int(name), st[1]))
+            kids.setdefault(st[1], []).append((int(name), st[2]))
     out, stack = {}, [root]
     while stack:
         for pid, start in kids.get(stack.pop(), ()):
@@ -49,14 +49,7 @@ def _alive(procs: dict[int, int]) -> list[int]:
     out = []
     for pid, start in procs.items():
         st = _stat(pid)
-        if st is None or st[1] != start:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state not in (b"Z", b"X"):
+        if st is not None and st[2] == start and st[0] not in (b"Z", b"X"):
             out.append(pid)
     return out
 

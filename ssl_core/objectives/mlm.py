@@ -103,14 +103,13 @@ class MlmObjective(Objective):
 
     def forward(self, out: EncoderOutputs, batch: dict):
         labels = batch["labels"]                            # (B, T), -100 = not predicted
-        sel = labels != IGNORE_INDEX
+        m = (labels != IGNORE_INDEX).sum()                  # M masked tokens
         idx, y = bucketed_targets(labels)                   # (Mb,): M masked + ignored padding
         logits = self.head(out.hidden.reshape(-1, out.hidden.shape[-1])[idx])    # (Mb, V)
         total, correct = mlm_loss(logits, y)
-        n = window_count(batch, self.name, sel.sum(), self)
+        n = window_count(batch, self.name, m, self)
         loss = scaled_mean(total, n, self)
-        return loss, {"mlm_loss": total.detach(), "mlm_correct": correct,
-                      "mlm_count": sel.sum().float()}
+        return loss, {"mlm_loss": total.detach(), "mlm_correct": correct, "mlm_count": m.float()}
 
     def head_flops(self, sums: dict[str, float], per_prediction: float) -> float:
         return sums["mlm_count"] * per_prediction
