@@ -12,10 +12,17 @@ training speed vs the same loop alone.
    ``train.num_workers=1``, ``train.cpus_per_worker`` = the job's total, ``train.batch_size`` = the
    job's global batch), for ``--local-steps`` steps: its steady tokens/s.
 
-    python benchmarks/data_cpu_share.py [--config default] [--set train.max_steps=200] [--local-steps 60]
+The local loop runs before and after every job (``--repeats`` jobs, default 2: loop, job, loop,
+job, loop), and each job is compared with the mean of the two loops around it: the shared hosts
+here change speed over minutes (the same job's GEMM peak read 643 and 905 GFLOP/s in two runs ten
+minutes apart, and one job ÷ one loop run after it gave 0.82 and then 0.72), so a job is only
+compared with loops of the same minutes. The data share adds up the CPU time of all the jobs.
+
+    python benchmarks/data_cpu_share.py [--config default] [--set train.max_steps=200] [--local-steps 60] [--repeats 2]
 
 Ends with ``RATIO data_cpu_share <data-stage CPU s ÷ Train-worker CPU s>`` and
-``RATIO job_vs_loop <the job's median tokens/s ÷ the local loop's>``.
+``RATIO job_vs_loop <median over the jobs of: the job's median tokens/s ÷ the mean of the
+local loop's medians just before and just after it>``.
 """
 from __future__ import annotations
 
@@ -103,19 +110,24 @@ def job_tokens_per_s(text: str) -> list[float]:
     return v[1:] or v
 
 
-def local_tokens_per_s(args, tmp: Path) -> list[float]:
+def local_config(args):
     from pipelines.configs import load_config
-    from ssl_core.text import resolve_corpus, sample_documents
-    from ssl_core.tokenizer import train_wordpiece
-    from ssl_core.training import run_local
-
     base = load_config(args.config, args.set)
-    cfg = load_config(args.config, args.set + [
+    return load_config(args.config, args.set + [
         "train.num_workers=1", f"train.cpus_per_worker={base.train.num_workers * base.train.cpus_per_worker}",
         f"train.batch_size={base.train.num_workers * base.train.batch_size}",
         f"train.max_steps={args.local_steps}", "train.checkpoint_every=0", "eval.tasks="])
+
+
+def local_tokenizer(cfg, tmp: Path) -> str:
+    from ssl_core.text import resolve_corpus, sample_documents
+    from ssl_core.tokenizer import train_wordpiece
     texts = sample_documents(resolve_corpus(cfg.data.corpus), cfg.tokenizer.sample_documents, cfg.data.min_chars)
-    tok = str(train_wordpiece(texts, tmp / "tok", cfg.tokenizer.vocab_size, model_max_length=cfg.data.max_seq_len))
+    return str(train_wordpiece(texts, tmp / "tok", cfg.tokenizer.vocab_size, model_max_length=cfg.data.max_seq_len))
+
+
+def local_tokens_per_s(cfg, tok: str) -> list[float]:
+    from ssl_core.training import run_local
     _, sess = run_local(cfg, tok, val_batches=[], device="cpu")
     v = [m["tokens_per_s"] for m in sess.logged if "tokens_per_s" in m]
     return v[1:] or v
@@ -126,21 +138,36 @@ def main() -> None:
     ap.add_argument("--config", default="default")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--local-steps", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="jobs, each between two runs of the local loop (default 2)")
     args = ap.parse_args()
     from ssl_core.perf import cpu_line
     print(cpu_line(), flush=True)
+    by = {"data": 0.0, "train": 0.0, "other": 0.0}
+    ratios, jobs, loops, precision = [], [], [], None
     with tempfile.TemporaryDirectory(prefix="sslbench_share_") as d:
         tmp = Path(d)
-        by, text = run_job(args, tmp)
-        job = job_tokens_per_s(text)
-        loop = local_tokens_per_s(args, tmp)
-    precision = re.search(r"precision (\w+) on cpu", text)
-    print(f"precision {precision.group(1) if precision else '?'}; job tok/s median {statistics.median(job):,.0f} "
-          f"over {len(job)} windows; the same loop alone {statistics.median(loop):,.0f} over {len(loop)} windows")
+        cfg = local_config(args)
+        tok = local_tokenizer(cfg, tmp)
+        loops.append(statistics.median(local_tokens_per_s(cfg, tok)))
+        for r in range(args.repeats):
+            run_dir = tmp / f"job{r}"
+            run_dir.mkdir()
+            job_by, text = run_job(args, run_dir)
+            for k in by:
+                by[k] += job_by[k]
+            precision = precision or re.search(r"precision (\w+) on cpu", text)
+            jobs.append(statistics.median(job_tokens_per_s(text)))
+            loops.append(statistics.median(local_tokens_per_s(cfg, tok)))
+            ratios.append(jobs[-1] / ((loops[-2] + loops[-1]) / 2))
+            print(f"repeat {r + 1}: loop {loops[-2]:,.0f} | job {jobs[-1]:,.0f} | loop {loops[-1]:,.0f} tok/s "
+                  f"(medians over windows) -> job / mean of the loops around it {ratios[-1]:.3f}", flush=True)
+    print(f"precision {precision.group(1) if precision else '?'}; job tok/s {', '.join(f'{j:,.0f}' for j in jobs)}; "
+          f"the same loop alone {', '.join(f'{x:,.0f}' for x in loops)}")
     if by["train"] <= 0:
         sys.exit("no Train worker process (ray::RayTrainWorker) was seen in the job's session: no ratio")
     print(f"RATIO data_cpu_share {by['data'] / by['train']:.3f}")
-    print(f"RATIO job_vs_loop {statistics.median(job) / statistics.median(loop):.3f}")
+    print(f"RATIO job_vs_loop {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":
