@@ -44,8 +44,15 @@ def local_ray_defaults() -> None:
       other process of the user's session and below Ray's own daemons, whose wakeups then preempt
       the compute threads. A plain training script runs at nice 0: so do the workers here.
       ``benchmarks/train_overhead.py``, the Train worker at nice 0 vs 15 in alternate rounds
-      (2026-12-02, Xeon with AMX): 126.2 / 126.8 / 120.9 vs 123.4 / 119.6 / 119.0 samples/s."""
+      (2026-12-02, Xeon with AMX): 126.2 / 126.8 / 120.9 vs 123.4 / 119.6 / 119.0 samples/s.
+    * ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``: Ray Train starts a ``PreemptionWatcher`` actor per
+      run that polls for cloud nodes being drained; the one node of a local Ray is never drained,
+      and each Ray worker process wakes the cores ~100 times/s even when idle (its main thread's
+      10 ms signal check): in a ``perf sched`` trace of a Train run (2026-12-02, AMD EPYC), every
+      such actor preempted the training threads ~50 times/s. Ray Train passes the variable on to
+      its controller."""
     os.environ.setdefault("RAY_worker_niceness", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def ensure_ray(cfg: Config) -> None:

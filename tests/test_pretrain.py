@@ -134,6 +134,12 @@ def test_cli_pretrain_to_mlflow_server(tmp_path, mlflow_server, wikitext):
     assert not np.allclose(served @ served.T, raw @ raw.T, atol=1e-2)   # other cosines than unwhitened
 
 
+def preemption_watchers() -> int:
+    """Ray Train PreemptionWatcher actors this Ray has seen, alive or dead."""
+    from ray.util.state import list_actors
+    return len(list_actors(filters=[("class_name", "=", "PreemptionWatcher")], limit=10_000))
+
+
 def test_run_pretrain_local_store(tmp_path, ray_session, shakespeare, monkeypatch):
     from pipelines.configs import load_config
     from pipelines.pretrain import run_pretrain
@@ -141,7 +147,10 @@ def test_run_pretrain_local_store(tmp_path, ray_session, shakespeare, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config("tiny", [f"data.corpus={shakespeare}", "train.max_steps=30",
                                "mlflow.registered_model=local-tiny"])
+    watchers = preemption_watchers()
     res = run_pretrain(cfg, workdir=tmp_path)
+    # this session's Ray was not started by sslpipe: Ray Train's defaults, one preemption watcher
+    assert preemption_watchers() == watchers + 1
     assert (tmp_path / "mlflow.db").is_file()
     assert res.model_uri == "models:/local-tiny/1"
     assert res.model_dir.parent.parent == tmp_path / "outputs"
@@ -157,7 +166,19 @@ def test_run_pretrain_local_store(tmp_path, ray_session, shakespeare, monkeypatc
     from sentence_transformers import SentenceTransformer
     emb = SentenceTransformer(str(res.model_dir), device="cpu").encode(["to be or not", "a horse"])
     assert emb.shape == (2, 64) and np.isfinite(emb).all()
-    # a second run registers version 2 of the same model
+    # a second run registers version 2 of the same model; it runs with the settings sslpipe gives
+    # a local Ray it starts itself: Ray Train starts no preemption watcher (one node, never drained)
+    from pipelines.prepare import local_ray_defaults
+    for name in ("RAY_worker_niceness", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+        monkeypatch.setenv(name, "")          # restored (unset) after the test
+        monkeypatch.delenv(name)
+    local_ray_defaults()
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    watchers = preemption_watchers()
     res2 = run_pretrain(load_config("tiny", [f"data.corpus={shakespeare}", "train.max_steps=10",
                                              "mlflow.registered_model=local-tiny"]), workdir=tmp_path)
     assert res2.model_uri == "models:/local-tiny/2"
+    assert preemption_watchers() == watchers
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")    # the user's own setting wins
+    local_ray_defaults()
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
